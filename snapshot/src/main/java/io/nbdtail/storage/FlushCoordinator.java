@@ -1,0 +1,115 @@
+package io.nbdtail.storage;
+
+import java.util.ArrayList;
+import java.util.concurrent.Executor;
+import java.util.concurrent.atomic.LongAdder;
+
+/**
+ * Group commit: concurrent FLUSH requests and FUA writes of one volume share one {@code fdatasync}.
+ *
+ * <p>The rule it keeps (NBD spec, "Ordering of messages and writes"): every write whose reply was sent before a
+ * FLUSH was received must be durable before that FLUSH is answered. A write is replied to only after its
+ * {@code pwrite} returned, so a sync that <em>starts</em> after a waiter joined covers everything the waiter
+ * cares about, on every connection (which is what makes {@code CAN_MULTI_CONN} true). A waiter that joins
+ * while a sync is running therefore waits for the next one; it never rides on a sync that began before it.
+ *
+ * <p>When a sync runs:
+ * <ol>
+ *   <li>a waiter arrives and no sync is running: one starts at once on the storage executor;</li>
+ *   <li>waiters arrive while a sync runs: they are collected, and one sync for all of them starts as soon as
+ *       the running one ends.</li>
+ * </ol>
+ *
+ * <p>A failed sync is never retried into a success (fsyncgate): its error goes to every waiter of that batch,
+ * and the {@link SyncFailureListener} is told, so the volume can stop taking writes.
+ */
+public final class FlushCoordinator implements Runnable {
+    /** Told once per failed sync, before the waiters of that batch are answered. */
+    @FunctionalInterface
+    public interface SyncFailureListener {
+        void onSyncFailed(StorageException failure);
+    }
+
+    private final BlockDevice device;
+    private final Executor executor;
+    private final SyncFailureListener failureListener;
+    private final LongAdder syncs = new LongAdder();
+    private final LongAdder waitersServed = new LongAdder();
+
+    private final Object lock = new Object();
+    private ArrayList<FlushWaiter> pending = new ArrayList<>();
+    private ArrayList<FlushWaiter> spare = new ArrayList<>();
+    private boolean running;
+
+    public FlushCoordinator(final BlockDevice device, final Executor executor,
+                            final SyncFailureListener failureListener) {
+        this.device = device;
+        this.executor = executor;
+        this.failureListener = failureListener;
+    }
+
+    /** Queues {@code waiter} for the next sync that starts from now on. */
+    public void flush(final FlushWaiter waiter) {
+        final boolean start;
+        synchronized (lock) {
+            pending.add(waiter);
+            start = !running;
+            running = true;
+        }
+        if (start) {
+            executor.execute(this);
+        }
+    }
+
+    /** Syncs now on the calling thread, outside any batch; used at close. */
+    public void syncNow() throws StorageException {
+        device.sync();
+        syncs.increment();
+    }
+
+    /** Number of {@code fdatasync} calls made so far. */
+    public long syncCount() {
+        return syncs.sum();
+    }
+
+    /** Number of waiters answered so far; {@code waitersServed / syncCount} is the batching factor. */
+    public long waitersServed() {
+        return waitersServed.sum();
+    }
+
+    @Override
+    public void run() {
+        while (true) {
+            final ArrayList<FlushWaiter> batch;
+            synchronized (lock) {
+                if (pending.isEmpty()) {
+                    running = false;
+                    return;
+                }
+                batch = pending;
+                pending = spare;
+                spare = null;
+            }
+            StorageException failure = null;
+            try {
+                device.sync();
+                syncs.increment();
+            } catch (final StorageException e) {
+                failure = e;
+                failureListener.onSyncFailed(e);
+            } catch (final RuntimeException e) {
+                failure = new StorageException(StorageException.Kind.IO_ERROR, "fdatasync failed: " + e, e);
+                failureListener.onSyncFailed(failure);
+            }
+            final int n = batch.size();
+            for (int i = 0; i < n; i++) {
+                batch.get(i).onFlushed(failure);
+            }
+            waitersServed.add(n);
+            batch.clear();
+            synchronized (lock) {
+                spare = batch;
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+package io.nbdtail.storage;
+
+import java.util.concurrent.Executor;
+import java.util.concurrent.LinkedBlockingQueue;
+import java.util.concurrent.ThreadFactory;
+import java.util.concurrent.ThreadPoolExecutor;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+
+/**
+ * The threads that do disc I/O. A fixed pool of platform threads: a blocking {@code pread} or {@code fdatasync}
+ * holds its thread, and the queue in front of it is bounded in practice by the per-connection in-flight limits
+ * of the NBD server, not here.
+ */
+public final class StorageExecutor implements Executor, AutoCloseable {
+    private final ThreadPoolExecutor pool;
+
+    public StorageExecutor(final int threads) {
+        if (threads < 1) {
+            throw new IllegalArgumentException("storage threads must be at least 1, got " + threads);
+        }
+        final AtomicInteger counter = new AtomicInteger();
+        final ThreadFactory factory = r -> {
+            final Thread t = new Thread(r, "nbdtail-io-" + counter.incrementAndGet());
+            t.setDaemon(true);
+            return t;
+        };
+        pool = new ThreadPoolExecutor(threads, threads, 0, TimeUnit.MILLISECONDS, new LinkedBlockingQueue<>(),
+            factory);
+    }
+
+    @Override
+    public void execute(final Runnable task) {
+        pool.execute(task);
+    }
+
+    public int threads() {
+        return pool.getCorePoolSize();
+    }
+
+    /** Tasks queued and not yet started. */
+    public int queued() {
+        return pool.getQueue().size();
+    }
+
+    /** Lets queued tasks finish, waiting up to {@code timeoutMillis}. */
+    public boolean shutdown(final long timeoutMillis) throws InterruptedException {
+        pool.shutdown();
+        return pool.awaitTermination(timeoutMillis, TimeUnit.MILLISECONDS);
+    }
+
+    @Override
+    public void close() {
+        pool.shutdownNow();
+    }
+}

@@ -1,0 +1,188 @@
+package io.nbdtail.volume;
+
+import io.nbdtail.storage.BlockDevice;
+import io.nbdtail.storage.ExtentSink;
+import io.nbdtail.storage.FlushCoordinator;
+import io.nbdtail.storage.FlushWaiter;
+import io.nbdtail.storage.StorageException;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import java.nio.ByteBuffer;
+import java.util.concurrent.Executor;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicReference;
+
+/**
+ * An open volume: its metadata, its bytes and its durability state. This is what the NBD engine serves.
+ *
+ * <p>Once a sync has failed, the volume is <em>failed</em>: writes, trims, zeroing and flushes are refused with
+ * {@link StorageException.Kind#VOLUME_FAILED} until an operator intervenes, because the kernel may already have
+ * dropped the dirty pages that the sync could not write, and a later sync would report success over lost data.
+ * Reads keep working.
+ *
+ * <p>Methods that touch the disc block; call them from a storage thread.
+ */
+public final class Volume implements AutoCloseable {
+    private static final Logger LOG = LoggerFactory.getLogger(Volume.class);
+
+    private final VolumeMetadata metadata;
+    private final BlockDevice device;
+    private final FlushCoordinator flusher;
+    private final AutoCloseable lock;
+    private final AtomicReference<StorageException> failure = new AtomicReference<>();
+    private final AtomicBoolean closed = new AtomicBoolean();
+
+    /**
+     * @param lock released when the volume closes (the exclusive ownership of the volume by this process).
+     */
+    public Volume(final VolumeMetadata metadata, final BlockDevice device, final Executor storageExecutor,
+                  final AutoCloseable lock) {
+        this.metadata = metadata;
+        this.device = device;
+        this.lock = lock;
+        this.flusher = new FlushCoordinator(device, storageExecutor, this::markFailed);
+    }
+
+    public VolumeMetadata metadata() {
+        return metadata;
+    }
+
+    public String name() {
+        return metadata.name();
+    }
+
+    public long size() {
+        return device.size();
+    }
+
+    public boolean readOnly() {
+        return metadata.readOnly();
+    }
+
+    public BlockDevice device() {
+        return device;
+    }
+
+    public FlushCoordinator flusher() {
+        return flusher;
+    }
+
+    /** Why the volume stopped taking writes, or {@code null} while it is healthy. */
+    public StorageException failure() {
+        return failure.get();
+    }
+
+    /** Stops the volume taking writes; the first failure is kept and logged, later ones only counted. */
+    public void markFailed(final StorageException cause) {
+        if (failure.compareAndSet(null, cause)) {
+            LOG.error("volume {} stopped taking writes: {}. Reads still work. Find the disc fault, then restart"
+                + " the server so that the volume is checked and reopened.", metadata.name(), cause.getMessage());
+        }
+    }
+
+    public void read(final ByteBuffer dst, final long offset) throws StorageException {
+        device.read(dst, offset);
+    }
+
+    public void write(final ByteBuffer src, final long offset) throws StorageException {
+        checkWritable();
+        try {
+            device.write(src, offset);
+        } catch (final StorageException e) {
+            throw failIfIoError(e);
+        }
+    }
+
+    public void writeZeroes(final long offset, final long length, final boolean mayUnmap, final boolean fastOnly)
+        throws StorageException {
+        checkWritable();
+        try {
+            device.writeZeroes(offset, length, mayUnmap, fastOnly);
+        } catch (final StorageException e) {
+            throw failIfIoError(e);
+        }
+    }
+
+    public void discard(final long offset, final long length) throws StorageException {
+        checkWritable();
+        try {
+            device.discard(offset, length);
+        } catch (final StorageException e) {
+            throw failIfIoError(e);
+        }
+    }
+
+    /**
+     * A write that failed with EIO may have left some pages dirty and unwritable; like a failed sync, that
+     * ends the volume's writable life. A full file system (ENOSPC) does not: qemu pauses the guest and retries
+     * once space is freed.
+     */
+    private StorageException failIfIoError(final StorageException e) {
+        if (e.kind() == StorageException.Kind.IO_ERROR) {
+            markFailed(e);
+        }
+        return e;
+    }
+
+    public long allocation(final long offset, final long length, final ExtentSink sink, final int maxExtents)
+        throws StorageException {
+        return device.allocation(offset, length, sink, maxExtents);
+    }
+
+    public void prefetch(final long offset, final long length) {
+        device.prefetch(offset, length);
+    }
+
+    /**
+     * Makes every write completed before this call durable, then tells {@code waiter}. Shares the sync with
+     * concurrent callers (see {@link FlushCoordinator}).
+     */
+    public void flush(final FlushWaiter waiter) {
+        final StorageException failed = failure.get();
+        if (failed != null) {
+            waiter.onFlushed(failedException(failed));
+            return;
+        }
+        flusher.flush(waiter);
+    }
+
+    private void checkWritable() throws StorageException {
+        final StorageException failed = failure.get();
+        if (failed != null) {
+            throw failedException(failed);
+        }
+    }
+
+    private StorageException failedException(final StorageException cause) {
+        return new StorageException(StorageException.Kind.VOLUME_FAILED, "volume " + metadata.name()
+            + " stopped taking writes after: " + cause.getMessage(), cause);
+    }
+
+    /** Syncs (unless failed) and releases the device and the lock. Idempotent. */
+    @Override
+    public void close() {
+        if (!closed.compareAndSet(false, true)) {
+            return;
+        }
+        try {
+            if (failure.get() == null && !metadata.readOnly()) {
+                flusher.syncNow();
+            }
+        } catch (final StorageException e) {
+            markFailed(e);
+        } finally {
+            device.close();
+            try {
+                lock.close();
+            } catch (final Exception e) {
+                LOG.warn("volume {}: releasing the lock failed: {}", metadata.name(), e.toString());
+            }
+        }
+    }
+
+    @Override
+    public String toString() {
+        return "Volume{" + metadata.name() + ", " + device + '}';
+    }
+}

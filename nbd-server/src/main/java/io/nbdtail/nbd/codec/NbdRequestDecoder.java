@@ -1,0 +1,122 @@
+package io.nbdtail.nbd.codec;
+
+import io.nbdtail.nbd.protocol.NbdCommand;
+import io.nbdtail.nbd.protocol.NbdConstants;
+import io.nbdtail.nbd.protocol.NbdProtocolException;
+import io.nbdtail.nbd.protocol.NbdRequest;
+import io.netty.buffer.ByteBuf;
+import io.netty.channel.ChannelHandlerContext;
+import io.netty.handler.codec.ByteToMessageDecoder;
+
+import java.util.List;
+
+/**
+ * Turns the transmission-phase byte stream into {@link NbdRequest}s.
+ *
+ * <p>The 28-byte header is read as soon as it is complete. A WRITE then waits for its whole payload, which is
+ * handed on as a retained slice of the cumulation buffer, never copied. A WRITE longer than
+ * {@code maxPayload} is answered without buffering its payload: the request is passed on at once, flagged
+ * {@link NbdRequest#payloadDropped()}, and the payload bytes are skipped as they arrive, up to
+ * {@code maxDiscard}; beyond that the connection is closed, because keeping the stream in step would mean
+ * reading gigabytes for nothing.
+ *
+ * <p>A bad request magic means the stream is out of step, so the connection is closed; anything after it is
+ * discarded unread.
+ */
+public final class NbdRequestDecoder extends ByteToMessageDecoder {
+    private enum State {
+        /** Waiting for a complete 28-byte request header. */
+        READ_HEADER,
+        /** Waiting for the payload of a WRITE that is within limits. */
+        READ_PAYLOAD,
+        /** Skipping the payload of a WRITE that was too large to accept. */
+        DISCARD_PAYLOAD,
+        /** The stream is broken; everything is dropped until the channel closes. */
+        BAD_MESSAGE
+    }
+
+    private final int maxPayload;
+    private final long maxDiscard;
+
+    private State state = State.READ_HEADER;
+    private int flags;
+    private int type;
+    private long cookie;
+    private long offset;
+    private long length;
+    private long discardRemaining;
+
+    /**
+     * @param maxPayload the largest WRITE payload that is accepted and buffered.
+     * @param maxDiscard the largest WRITE payload that is skipped (and answered with an error) rather than
+     *                   ending the connection.
+     */
+    public NbdRequestDecoder(final int maxPayload, final long maxDiscard) {
+        if (maxPayload <= 0 || maxDiscard < maxPayload) {
+            throw new IllegalArgumentException("need 0 < maxPayload <= maxDiscard: maxPayload=" + maxPayload
+                + ", maxDiscard=" + maxDiscard);
+        }
+        this.maxPayload = maxPayload;
+        this.maxDiscard = maxDiscard;
+    }
+
+    @Override
+    protected void decode(final ChannelHandlerContext ctx, final ByteBuf in, final List<Object> out) {
+        switch (state) {
+            case READ_HEADER:
+                if (in.readableBytes() < NbdConstants.REQUEST_LENGTH) {
+                    return;
+                }
+                final int magic = in.readInt();
+                if (magic != NbdConstants.REQUEST_MAGIC) {
+                    state = State.BAD_MESSAGE;
+                    in.skipBytes(in.readableBytes());
+                    throw new NbdProtocolException("bad request magic 0x" + Integer.toHexString(magic));
+                }
+                flags = in.readUnsignedShort();
+                type = in.readUnsignedShort();
+                cookie = in.readLong();
+                offset = in.readLong();
+                length = in.readUnsignedInt();
+                if (type != NbdCommand.WRITE.type() || length == 0) {
+                    out.add(new NbdRequest(flags, type, cookie, offset, length, null, false));
+                    return;
+                }
+                if (length > maxPayload) {
+                    if (length > maxDiscard) {
+                        state = State.BAD_MESSAGE;
+                        in.skipBytes(in.readableBytes());
+                        throw new NbdProtocolException("WRITE payload of " + length + " bytes exceeds "
+                            + maxDiscard + " bytes");
+                    }
+                    out.add(new NbdRequest(flags, type, cookie, offset, length, null, true));
+                    discardRemaining = length;
+                    state = State.DISCARD_PAYLOAD;
+                    return;
+                }
+                state = State.READ_PAYLOAD;
+                // fall through: the payload may already be here
+            case READ_PAYLOAD:
+                if (in.readableBytes() < length) {
+                    return;
+                }
+                final ByteBuf payload = in.readRetainedSlice((int) length);
+                state = State.READ_HEADER;
+                out.add(new NbdRequest(flags, type, cookie, offset, length, payload, false));
+                return;
+            case DISCARD_PAYLOAD:
+                final int skip = (int) Math.min(in.readableBytes(), discardRemaining);
+                in.skipBytes(skip);
+                discardRemaining -= skip;
+                if (discardRemaining == 0) {
+                    state = State.READ_HEADER;
+                }
+                return;
+            case BAD_MESSAGE:
+                in.skipBytes(in.readableBytes());
+                return;
+            default:
+                throw new IllegalStateException("unknown state " + state);
+        }
+    }
+}

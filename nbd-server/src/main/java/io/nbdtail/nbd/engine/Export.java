@@ -1,0 +1,73 @@
+package io.nbdtail.nbd.engine;
+
+import io.nbdtail.nbd.protocol.NbdConstants;
+import io.nbdtail.volume.Volume;
+
+/** A volume as the NBD server offers it: a name, a description, a mode and its counters. */
+public final class Export {
+    private final String name;
+    private final String description;
+    private final Volume volume;
+    private final boolean readOnly;
+    private final ExportStats stats = new ExportStats();
+
+    public Export(final String name, final String description, final Volume volume, final boolean readOnly) {
+        this.name = name;
+        this.description = description == null ? "" : description;
+        this.volume = volume;
+        this.readOnly = readOnly;
+    }
+
+    /** An export of {@code volume} under its own name, description and mode. */
+    public static Export of(final Volume volume) {
+        return new Export(volume.name(), volume.metadata().description(), volume, volume.readOnly());
+    }
+
+    public String name() {
+        return name;
+    }
+
+    public String description() {
+        return description;
+    }
+
+    public Volume volume() {
+        return volume;
+    }
+
+    public long size() {
+        return volume.size();
+    }
+
+    public boolean readOnly() {
+        return readOnly;
+    }
+
+    public ExportStats stats() {
+        return stats;
+    }
+
+    /**
+     * The transmission flags for a connection to this export.
+     *
+     * <p>{@code CAN_MULTI_CONN} is true, not hopeful: every connection writes through the same file and page
+     * cache, and a FLUSH syncs the whole file (see {@code FlushCoordinator}), so it covers writes replied to on
+     * every connection.
+     *
+     * @param structuredReplies whether the connection negotiated structured replies (DF needs them).
+     */
+    public int transmissionFlags(final boolean structuredReplies) {
+        int flags = NbdConstants.TFLAG_HAS_FLAGS | NbdConstants.TFLAG_SEND_FLUSH | NbdConstants.TFLAG_SEND_FUA
+            | NbdConstants.TFLAG_CAN_MULTI_CONN | NbdConstants.TFLAG_SEND_CACHE;
+        if (readOnly) {
+            flags |= NbdConstants.TFLAG_READ_ONLY;
+        } else {
+            flags |= NbdConstants.TFLAG_SEND_TRIM | NbdConstants.TFLAG_SEND_WRITE_ZEROES
+                | NbdConstants.TFLAG_SEND_FAST_ZERO;
+        }
+        if (structuredReplies) {
+            flags |= NbdConstants.TFLAG_SEND_DF;
+        }
+        return flags;
+    }
+}

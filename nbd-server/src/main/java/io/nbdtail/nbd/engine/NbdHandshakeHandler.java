@@ -1,0 +1,384 @@
+package io.nbdtail.nbd.engine;
+
+import io.nbdtail.nbd.codec.NbdReplies;
+import io.nbdtail.nbd.codec.NbdRequestDecoder;
+import io.nbdtail.nbd.protocol.NbdConstants;
+import io.netty.buffer.ByteBuf;
+import io.netty.channel.ChannelFutureListener;
+import io.netty.channel.ChannelHandlerContext;
+import io.netty.channel.ChannelPipeline;
+import io.netty.handler.codec.ByteToMessageDecoder;
+import io.netty.util.concurrent.ScheduledFuture;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import java.nio.charset.StandardCharsets;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+
+import static io.nbdtail.nbd.protocol.NbdConstants.*;
+
+/**
+ * The fixed-newstyle handshake: greeting, client flags, then option haggling until the client picks an export
+ * with NBD_OPT_GO or NBD_OPT_EXPORT_NAME. Then this handler installs the transmission codec behind itself and
+ * leaves the pipeline; bytes the client already pipelined after its GO are passed on.
+ *
+ * <p>Rules kept here (NBD spec, "Option haggling" and the CVE list in reliability.md):
+ * <ul>
+ *   <li>Nothing is allocated from a length the client sent until it is checked: an option longer than
+ *       {@code maxOptionLength} gets ERR_TOO_BIG and the connection is closed, and strings are read only once
+ *       their length fits inside the option.</li>
+ *   <li>Unknown options get ERR_UNSUP and haggling continues; malformed ones get ERR_INVALID.</li>
+ *   <li>Unknown client flags, a bad option magic, too many options or a slow handshake close the connection.</li>
+ *   <li>An export that does not exist and one the client may not open get the same answer.</li>
+ * </ul>
+ */
+public final class NbdHandshakeHandler extends ByteToMessageDecoder {
+    private static final Logger LOG = LoggerFactory.getLogger(NbdHandshakeHandler.class);
+
+    /** The only metadata context id this server hands out (per connection, opaque to the client). */
+    static final int BASE_ALLOCATION_ID = 1;
+
+    private enum State {
+        /** Waiting for the client's 4-byte flags. */
+        CLIENT_FLAGS,
+        /** Waiting for a 16-byte option header. */
+        OPTION_HEADER,
+        /** Waiting for the option's data. */
+        OPTION_DATA,
+        /** Transmission started, or the connection is being closed. */
+        DONE
+    }
+
+    private final NbdServerContext context;
+    private final NbdServerConfig config;
+
+    private State state = State.CLIENT_FLAGS;
+    private boolean noZeroes;
+    private boolean structuredReplies;
+    private int optionCount;
+    private int option;
+    private int optionLength;
+    /** The export a SET_META_CONTEXT was made for; the selection applies only to that export. */
+    private String metaContextExport;
+    private boolean baseAllocationSelected;
+    private ScheduledFuture<?> timeout;
+
+    public NbdHandshakeHandler(final NbdServerContext context) {
+        this.context = context;
+        this.config = context.config();
+    }
+
+    @Override
+    public void channelActive(final ChannelHandlerContext ctx) throws Exception {
+        ctx.writeAndFlush(NbdReplies.greeting(ctx.alloc()), ctx.voidPromise());
+        timeout = ctx.executor().schedule(() -> {
+            if (state != State.DONE) {
+                LOG.debug("handshake timeout for {}", ctx.channel().remoteAddress());
+                closeNow(ctx);
+            }
+        }, config.handshakeTimeoutMillis, TimeUnit.MILLISECONDS);
+        super.channelActive(ctx);
+    }
+
+    @Override
+    protected void handlerRemoved0(final ChannelHandlerContext ctx) {
+        cancelTimeout();
+    }
+
+    @Override
+    public void channelInactive(final ChannelHandlerContext ctx) throws Exception {
+        cancelTimeout();
+        state = State.DONE;
+        super.channelInactive(ctx);
+    }
+
+    private void cancelTimeout() {
+        if (timeout != null) {
+            timeout.cancel(false);
+            timeout = null;
+        }
+    }
+
+    @Override
+    protected void decode(final ChannelHandlerContext ctx, final ByteBuf in, final List<Object> out) {
+        switch (state) {
+            case CLIENT_FLAGS:
+                if (in.readableBytes() < 4) {
+                    return;
+                }
+                final int flags = in.readInt();
+                if ((flags & ~KNOWN_CLIENT_FLAGS) != 0) {
+                    reject(ctx, in, "unknown client flags 0x" + Integer.toHexString(flags));
+                    return;
+                }
+                noZeroes = (flags & CLIENT_FLAG_NO_ZEROES) != 0;
+                state = State.OPTION_HEADER;
+                // fall through: the first option may have arrived with the flags
+            case OPTION_HEADER:
+                if (in.readableBytes() < OPTION_HEADER_LENGTH) {
+                    return;
+                }
+                final long magic = in.readLong();
+                if (magic != IHAVEOPT) {
+                    reject(ctx, in, "bad option magic 0x" + Long.toHexString(magic));
+                    return;
+                }
+                option = in.readInt();
+                final long length = in.readUnsignedInt();
+                if (++optionCount > config.maxOptions) {
+                    reject(ctx, in, "more than " + config.maxOptions + " options");
+                    return;
+                }
+                if (length > config.maxOptionLength) {
+                    ctx.writeAndFlush(NbdReplies.optionError(ctx.alloc(), option, REP_ERR_TOO_BIG, "option of "
+                        + length + " bytes is longer than the limit of " + config.maxOptionLength))
+                        .addListener(ChannelFutureListener.CLOSE);
+                    in.skipBytes(in.readableBytes());
+                    state = State.DONE;
+                    return;
+                }
+                optionLength = (int) length;
+                state = State.OPTION_DATA;
+                // fall through
+            case OPTION_DATA:
+                if (in.readableBytes() < optionLength) {
+                    return;
+                }
+                final ByteBuf data = in.readSlice(optionLength);
+                state = State.OPTION_HEADER;
+                handleOption(ctx, data);
+                return;
+            case DONE:
+                in.skipBytes(in.readableBytes());
+                return;
+            default:
+                throw new IllegalStateException("unknown state " + state);
+        }
+    }
+
+    private void handleOption(final ChannelHandlerContext ctx, final ByteBuf data) {
+        if (context.shuttingDown() && option != OPT_ABORT) {
+            if (option == OPT_EXPORT_NAME) {
+                closeNow(ctx);
+            } else {
+                reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_SHUTDOWN, "server is shutting down"));
+            }
+            return;
+        }
+        switch (option) {
+            case OPT_EXPORT_NAME -> exportName(ctx, data);
+            case OPT_ABORT -> {
+                state = State.DONE;
+                ctx.writeAndFlush(NbdReplies.optionAck(ctx.alloc(), option)).addListener(ChannelFutureListener.CLOSE);
+            }
+            case OPT_LIST -> list(ctx, data);
+            case OPT_STARTTLS -> reply(ctx, data.isReadable()
+                ? invalid(ctx, "STARTTLS takes no data")
+                : NbdReplies.optionError(ctx.alloc(), option, REP_ERR_POLICY, "TLS is not configured on this server"));
+            case OPT_INFO, OPT_GO -> infoOrGo(ctx, data);
+            case OPT_STRUCTURED_REPLY -> structuredReply(ctx, data);
+            case OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT -> metaContext(ctx, data);
+            default -> reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_UNSUP,
+                "option " + Integer.toUnsignedString(option) + " is not supported"));
+        }
+    }
+
+    private void exportName(final ChannelHandlerContext ctx, final ByteBuf data) {
+        // EXPORT_NAME has no error reply: an unknown or refused export can only be answered by closing.
+        if (data.readableBytes() > MAX_STRING_LENGTH) {
+            closeNow(ctx);
+            return;
+        }
+        final String name = data.toString(StandardCharsets.UTF_8);
+        final Export export = context.exports().find(name, ctx.channel().remoteAddress());
+        if (export == null) {
+            LOG.debug("EXPORT_NAME {} refused for {}", name, ctx.channel().remoteAddress());
+            closeNow(ctx);
+            return;
+        }
+        final int flags = export.transmissionFlags(structuredReplies);
+        ctx.write(NbdReplies.exportNameReply(ctx.alloc(), export.size(), flags, noZeroes), ctx.voidPromise());
+        startTransmission(ctx, export, flags, name);
+    }
+
+    private void list(final ChannelHandlerContext ctx, final ByteBuf data) {
+        if (data.isReadable()) {
+            reply(ctx, invalid(ctx, "LIST takes no data"));
+            return;
+        }
+        for (final Export export : context.exports().list(ctx.channel().remoteAddress())) {
+            ctx.write(NbdReplies.optionServer(ctx.alloc(), option, export.name(), export.description()),
+                ctx.voidPromise());
+        }
+        reply(ctx, NbdReplies.optionAck(ctx.alloc(), option));
+    }
+
+    private void structuredReply(final ChannelHandlerContext ctx, final ByteBuf data) {
+        if (data.isReadable()) {
+            reply(ctx, invalid(ctx, "STRUCTURED_REPLY takes no data"));
+        } else if (structuredReplies) {
+            reply(ctx, invalid(ctx, "structured replies are already negotiated"));
+        } else {
+            structuredReplies = true;
+            reply(ctx, NbdReplies.optionAck(ctx.alloc(), option));
+        }
+    }
+
+    /**
+     * NBD_OPT_INFO and NBD_OPT_GO: {@code u32 name length, name, u16 n, n x u16 info request}.
+     */
+    private void infoOrGo(final ChannelHandlerContext ctx, final ByteBuf data) {
+        if (data.readableBytes() < 6) {
+            reply(ctx, invalid(ctx, "option data too short"));
+            return;
+        }
+        final long nameLength = data.readUnsignedInt();
+        if (nameLength > data.readableBytes() - 2) {
+            reply(ctx, invalid(ctx, "export name length " + nameLength + " exceeds the option"));
+            return;
+        }
+        if (nameLength > MAX_STRING_LENGTH) {
+            reply(ctx, invalid(ctx, "export name longer than " + MAX_STRING_LENGTH + " bytes"));
+            return;
+        }
+        final String name = data.readCharSequence((int) nameLength, StandardCharsets.UTF_8).toString();
+        final int requests = data.readUnsignedShort();
+        if (data.readableBytes() != 2 * requests) {
+            reply(ctx, invalid(ctx, "information request count " + requests + " does not match the option length"));
+            return;
+        }
+        boolean wantName = false;
+        boolean wantDescription = false;
+        for (int i = 0; i < requests; i++) {
+            final int info = data.readUnsignedShort();
+            wantName |= info == INFO_NAME;
+            wantDescription |= info == INFO_DESCRIPTION;
+        }
+        final Export export = context.exports().find(name, ctx.channel().remoteAddress());
+        if (export == null) {
+            reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_UNKNOWN,
+                "export '" + name + "' is not available"));
+            return;
+        }
+        final int flags = export.transmissionFlags(structuredReplies);
+        ctx.write(NbdReplies.infoExport(ctx.alloc(), option, export.size(), flags), ctx.voidPromise());
+        if (wantName) {
+            ctx.write(NbdReplies.infoString(ctx.alloc(), option, INFO_NAME, export.name()), ctx.voidPromise());
+        }
+        if (wantDescription && !export.description().isEmpty()) {
+            ctx.write(NbdReplies.infoString(ctx.alloc(), option, INFO_DESCRIPTION, export.description()),
+                ctx.voidPromise());
+        }
+        // Byte-granular I/O works on both file and block-device volumes (the page cache sits in between).
+        ctx.write(NbdReplies.infoBlockSize(ctx.alloc(), option, 1, 4096, config.maxPayload), ctx.voidPromise());
+        if (option == OPT_INFO) {
+            reply(ctx, NbdReplies.optionAck(ctx.alloc(), option));
+            return;
+        }
+        ctx.write(NbdReplies.optionAck(ctx.alloc(), option), ctx.voidPromise());
+        startTransmission(ctx, export, flags, name);
+    }
+
+    /**
+     * LIST_META_CONTEXT and SET_META_CONTEXT:
+     * {@code u32 name length, export name, u32 n, n x (u32 length, query)}.
+     */
+    private void metaContext(final ChannelHandlerContext ctx, final ByteBuf data) {
+        final boolean set = option == OPT_SET_META_CONTEXT;
+        if (set && !structuredReplies) {
+            reply(ctx, invalid(ctx, "SET_META_CONTEXT needs structured replies first"));
+            return;
+        }
+        if (data.readableBytes() < 8) {
+            reply(ctx, invalid(ctx, "option data too short"));
+            return;
+        }
+        final long nameLength = data.readUnsignedInt();
+        if (nameLength > data.readableBytes() - 4 || nameLength > MAX_STRING_LENGTH) {
+            reply(ctx, invalid(ctx, "export name length " + nameLength + " is invalid"));
+            return;
+        }
+        final String name = data.readCharSequence((int) nameLength, StandardCharsets.UTF_8).toString();
+        final long queries = data.readUnsignedInt();
+        boolean all = queries == 0;
+        boolean base = false;
+        for (long i = 0; i < queries; i++) {
+            if (data.readableBytes() < 4) {
+                reply(ctx, invalid(ctx, "query count " + queries + " does not match the option length"));
+                return;
+            }
+            final long queryLength = data.readUnsignedInt();
+            if (queryLength > data.readableBytes() || queryLength > MAX_STRING_LENGTH) {
+                reply(ctx, invalid(ctx, "query length " + queryLength + " is invalid"));
+                return;
+            }
+            final String query = data.readCharSequence((int) queryLength, StandardCharsets.UTF_8).toString();
+            if (query.equals(CONTEXT_BASE_ALLOCATION) || (!set && query.equals("base:"))) {
+                base = true;
+            }
+        }
+        if (data.isReadable()) {
+            reply(ctx, invalid(ctx, "trailing bytes after the queries"));
+            return;
+        }
+        if (context.exports().find(name, ctx.channel().remoteAddress()) == null) {
+            reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_UNKNOWN,
+                "export '" + name + "' is not available"));
+            return;
+        }
+        if (set) {
+            // A SET replaces the previous selection, even with no match.
+            metaContextExport = name;
+            baseAllocationSelected = base;
+        }
+        if (base || (all && !set)) {
+            ctx.write(NbdReplies.metaContext(ctx.alloc(), option, set ? BASE_ALLOCATION_ID : 0,
+                CONTEXT_BASE_ALLOCATION), ctx.voidPromise());
+        }
+        reply(ctx, NbdReplies.optionAck(ctx.alloc(), option));
+    }
+
+    private void startTransmission(final ChannelHandlerContext ctx, final Export export, final int flags,
+                                   final String name) {
+        state = State.DONE;
+        cancelTimeout();
+        ctx.flush();
+        final int baseAllocationId = baseAllocationSelected && name.equals(metaContextExport)
+            ? BASE_ALLOCATION_ID : 0;
+        final NbdSession session = new NbdSession(export, structuredReplies, flags, baseAllocationId,
+            String.valueOf(ctx.channel().remoteAddress()));
+        final ChannelPipeline pipeline = ctx.pipeline();
+        pipeline.addAfter(ctx.name(), "nbd-request-decoder",
+            new NbdRequestDecoder(config.maxPayload, config.maxDiscardedPayload));
+        pipeline.addAfter("nbd-request-decoder", "nbd-transmission", new NbdTransmissionHandler(context, session));
+        pipeline.remove(this);
+    }
+
+    @Override
+    public void exceptionCaught(final ChannelHandlerContext ctx, final Throwable cause) {
+        // A reset or a decode failure during the handshake concerns this connection only.
+        LOG.debug("handshake with {} failed: {}", ctx.channel().remoteAddress(), cause.toString());
+        state = State.DONE;
+        ctx.close();
+    }
+
+    private ByteBuf invalid(final ChannelHandlerContext ctx, final String message) {
+        return NbdReplies.optionError(ctx.alloc(), option, REP_ERR_INVALID, message);
+    }
+
+    private void reply(final ChannelHandlerContext ctx, final ByteBuf reply) {
+        ctx.writeAndFlush(reply, ctx.voidPromise());
+    }
+
+    private void reject(final ChannelHandlerContext ctx, final ByteBuf in, final String why) {
+        LOG.debug("closing {} during handshake: {}", ctx.channel().remoteAddress(), why);
+        in.skipBytes(in.readableBytes());
+        closeNow(ctx);
+    }
+
+    private void closeNow(final ChannelHandlerContext ctx) {
+        state = State.DONE;
+        ctx.writeAndFlush(io.netty.buffer.Unpooled.EMPTY_BUFFER).addListener(ChannelFutureListener.CLOSE);
+    }
+}

@@ -1,0 +1,322 @@
+package io.nbdtail.nbd.engine;
+
+import io.nbdtail.nbd.codec.NbdReplies;
+import io.nbdtail.nbd.protocol.NbdCommand;
+import io.nbdtail.nbd.protocol.NbdConstants;
+import io.nbdtail.nbd.protocol.NbdError;
+import io.nbdtail.nbd.protocol.NbdRequest;
+import io.nbdtail.storage.ExtentSink;
+import io.nbdtail.storage.FlushWaiter;
+import io.nbdtail.storage.StorageException;
+import io.nbdtail.volume.Volume;
+import io.netty.buffer.ByteBuf;
+import io.netty.buffer.ByteBufAllocator;
+
+import java.nio.ByteBuffer;
+
+/**
+ * One request on its way through the server. It runs twice: first on a storage thread, where it does the disc
+ * I/O and builds its whole reply into one buffer; then on the connection's event loop, where the handler
+ * writes that buffer. Being its own {@link Runnable} (and {@link FlushWaiter}) avoids a lambda per hop.
+ *
+ * <p>Ownership: the WRITE payload belongs to the operation from dispatch until the write returns, and is
+ * released on the storage thread. The reply buffer belongs to the operation until the handler writes it.
+ */
+final class NbdOperation implements Runnable, FlushWaiter {
+    private final NbdTransmissionHandler handler;
+    private final NbdRequest request;
+    private final NbdCommand command;
+    /** Bytes this request holds or will hold while in flight; counted against the connection's budget. */
+    final long weight;
+
+    private boolean ioDone;
+    private ByteBuf reply;
+    private NbdError error;
+    private String errorMessage;
+
+    NbdOperation(final NbdTransmissionHandler handler, final NbdRequest request, final NbdCommand command) {
+        this.handler = handler;
+        this.request = request;
+        this.command = command;
+        this.weight = command == NbdCommand.READ || command == NbdCommand.WRITE ? request.length() : 0;
+    }
+
+    NbdRequest request() {
+        return request;
+    }
+
+    NbdCommand command() {
+        return command;
+    }
+
+    NbdError error() {
+        return error;
+    }
+
+    String errorMessage() {
+        return errorMessage;
+    }
+
+    /** The reply built on the storage thread, handed over to the caller; {@code null} if none was built. */
+    ByteBuf takeReply() {
+        final ByteBuf r = reply;
+        reply = null;
+        return r;
+    }
+
+    /** Releases whatever the operation still holds; for a connection that closed before completion. */
+    void discard() {
+        request.release();
+        final ByteBuf r = reply;
+        reply = null;
+        if (r != null) {
+            r.release();
+        }
+    }
+
+    @Override
+    public void run() {
+        if (ioDone) {
+            handler.complete(this);
+            return;
+        }
+        ioDone = true;
+        if (execute()) {
+            handler.eventLoop().execute(this);
+        }
+    }
+
+    @Override
+    public void onFlushed(final StorageException failure) {
+        if (failure != null) {
+            fail(failure);
+        }
+        handler.eventLoop().execute(this);
+    }
+
+    /**
+     * Does the I/O on a storage thread.
+     *
+     * @return {@code true} if the operation is complete, {@code false} if it waits for a flush (which will
+     *         schedule the completion itself).
+     */
+    private boolean execute() {
+        final Volume volume = handler.volume();
+        final long offset = request.offset();
+        final long length = request.length();
+        final boolean fua = request.hasFlag(NbdConstants.CMD_FLAG_FUA);
+        try {
+            switch (command) {
+                case READ -> reply = read(volume, offset, (int) length);
+                case WRITE -> {
+                    write(volume, offset);
+                    if (fua) {
+                        volume.flush(this);
+                        return false;
+                    }
+                }
+                case TRIM -> {
+                    volume.discard(offset, length);
+                    if (fua) {
+                        volume.flush(this);
+                        return false;
+                    }
+                }
+                case WRITE_ZEROES -> {
+                    volume.writeZeroes(offset, length, !request.hasFlag(NbdConstants.CMD_FLAG_NO_HOLE),
+                        request.hasFlag(NbdConstants.CMD_FLAG_FAST_ZERO));
+                    if (fua) {
+                        volume.flush(this);
+                        return false;
+                    }
+                }
+                case FLUSH -> {
+                    volume.flush(this);
+                    return false;
+                }
+                case CACHE -> volume.prefetch(offset, length);
+                case BLOCK_STATUS -> reply = blockStatus(volume, offset, length);
+                default -> throw new IllegalStateException("not dispatchable: " + command);
+            }
+        } catch (final StorageException e) {
+            fail(e);
+        } catch (final RuntimeException e) {
+            fail(new StorageException(StorageException.Kind.IO_ERROR, command + " failed: " + e, e));
+        } finally {
+            request.release();
+        }
+        return true;
+    }
+
+    private void fail(final StorageException e) {
+        error = switch (e.kind()) {
+            case NO_SPACE -> NbdError.ENOSPC;
+            case NOT_SUPPORTED -> NbdError.ENOTSUP;
+            case IO_ERROR, VOLUME_FAILED -> NbdError.EIO;
+        };
+        errorMessage = e.getMessage();
+        final ByteBuf r = reply;
+        reply = null;
+        if (r != null) {
+            r.release();
+        }
+    }
+
+    private void write(final Volume volume, final long offset) throws StorageException {
+        final ByteBuf payload = request.payload();
+        if (payload == null) {
+            return;
+        }
+        if (payload.nioBufferCount() == 1) {
+            volume.write(payload.nioBuffer(), offset);
+            return;
+        }
+        long position = offset;
+        for (final ByteBuffer part : payload.nioBuffers()) {
+            final int n = part.remaining();
+            volume.write(part, position);
+            position += n;
+        }
+    }
+
+    /**
+     * Builds the whole READ reply. Without structured replies: a simple reply header followed by the data. With
+     * them: OFFSET_DATA and OFFSET_HOLE chunks that follow the volume's allocation (up to
+     * {@code maxReadChunks}; the rest goes as data), or a single OFFSET_DATA chunk when DF is set.
+     */
+    private ByteBuf read(final Volume volume, final long offset, final int length) throws StorageException {
+        final ByteBufAllocator alloc = handler.alloc();
+        final long cookie = request.cookie();
+        if (!handler.session().structuredReplies()) {
+            final ByteBuf buf = alloc.directBuffer(NbdConstants.SIMPLE_REPLY_LENGTH + length);
+            try {
+                NbdReplies.writeSimpleHeader(buf, cookie, 0);
+                readInto(volume, buf, offset, length);
+                return buf;
+            } catch (final StorageException | RuntimeException e) {
+                buf.release();
+                throw e;
+            }
+        }
+        if (length == 0) {
+            return NbdReplies.done(alloc, cookie);
+        }
+        final Extents extents = new Extents(request.hasFlag(NbdConstants.CMD_FLAG_DF) ? 1
+            : handler.config().maxReadChunks);
+        if (extents.capacity() > 1) {
+            volume.allocation(offset, length, extents, extents.capacity());
+        }
+        extents.coverRest(length);
+        int size = 0;
+        for (int i = 0; i < extents.count; i++) {
+            size += NbdReplies.READ_HEADROOM + (extents.isHole(i) ? 4 : (int) extents.lengths[i]);
+        }
+        final ByteBuf buf = alloc.directBuffer(size);
+        try {
+            long position = offset;
+            for (int i = 0; i < extents.count; i++) {
+                final int n = (int) extents.lengths[i];
+                final boolean last = i == extents.count - 1;
+                if (extents.isHole(i)) {
+                    NbdReplies.writeHole(buf, last, cookie, position, n);
+                } else {
+                    NbdReplies.writeChunkHeader(buf, last ? NbdConstants.REPLY_FLAG_DONE : 0,
+                        NbdConstants.REPLY_TYPE_OFFSET_DATA, cookie, 8 + n);
+                    buf.writeLong(position);
+                    readInto(volume, buf, position, n);
+                }
+                position += n;
+            }
+            return buf;
+        } catch (final StorageException | RuntimeException e) {
+            buf.release();
+            throw e;
+        }
+    }
+
+    private static void readInto(final Volume volume, final ByteBuf buf, final long offset, final int length)
+        throws StorageException {
+        final int at = buf.writerIndex();
+        volume.read(buf.nioBuffer(at, length), offset);
+        buf.writerIndex(at + length);
+    }
+
+    /** One BLOCK_STATUS chunk for {@code base:allocation}, the only context served so far. */
+    private ByteBuf blockStatus(final Volume volume, final long offset, final long length) throws StorageException {
+        final int max = request.hasFlag(NbdConstants.CMD_FLAG_REQ_ONE) ? 1 : handler.config().maxBlockStatusExtents;
+        final Extents extents = new Extents(max);
+        volume.allocation(offset, length, extents, max);
+        if (extents.count == 0) {
+            throw new StorageException(StorageException.Kind.IO_ERROR, "no allocation information at offset "
+                + offset);
+        }
+        final int payload = 4 + 8 * extents.count;
+        final ByteBuf buf = handler.alloc().ioBuffer(NbdConstants.CHUNK_HEADER_LENGTH + payload);
+        NbdReplies.writeChunkHeader(buf, NbdConstants.REPLY_FLAG_DONE, NbdConstants.REPLY_TYPE_BLOCK_STATUS,
+            request.cookie(), payload);
+        buf.writeInt(handler.session().baseAllocationId());
+        for (int i = 0; i < extents.count; i++) {
+            buf.writeInt((int) extents.lengths[i]);
+            buf.writeInt(extents.flags[i]);
+        }
+        return buf;
+    }
+
+    /** Collects extents, merging neighbours with equal flags. */
+    private static final class Extents implements ExtentSink {
+        final long[] lengths;
+        final int[] flags;
+        int count;
+        long covered;
+
+        Extents(final int capacity) {
+            lengths = new long[capacity];
+            flags = new int[capacity];
+        }
+
+        int capacity() {
+            return lengths.length;
+        }
+
+        boolean isHole(final int i) {
+            return (flags[i] & ExtentSink.ZERO) != 0;
+        }
+
+        @Override
+        public void extent(final long length, final int f) {
+            covered += length;
+            if (count > 0 && flags[count - 1] == f) {
+                lengths[count - 1] += length;
+                return;
+            }
+            if (count == lengths.length) {
+                return;
+            }
+            lengths[count] = length;
+            flags[count] = f;
+            count++;
+        }
+
+        /** Makes the extents cover {@code total} bytes: whatever allocation did not describe is read as data. */
+        void coverRest(final long total) {
+            long sum = 0;
+            for (int i = 0; i < count; i++) {
+                sum += lengths[i];
+            }
+            if (sum >= total) {
+                return;
+            }
+            if (count > 0 && flags[count - 1] == 0) {
+                lengths[count - 1] += total - sum;
+            } else if (count < lengths.length) {
+                lengths[count] = total - sum;
+                flags[count] = 0;
+                count++;
+            } else {
+                // Full: turn the last extent into data and let it run to the end.
+                flags[count - 1] = 0;
+                lengths[count - 1] += total - sum;
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+package io.nbdtail.nbd.engine;
+
+import java.util.concurrent.Executor;
+
+/**
+ * What every connection shares: the limits, the exports, the storage threads and the server's lifecycle.
+ */
+public final class NbdServerContext {
+    private final NbdServerConfig config;
+    private final ExportRegistry exports;
+    private final Executor storageExecutor;
+    private volatile boolean shuttingDown;
+
+    public NbdServerContext(final NbdServerConfig config, final ExportRegistry exports,
+                            final Executor storageExecutor) {
+        this.config = config;
+        this.exports = exports;
+        this.storageExecutor = storageExecutor;
+    }
+
+    public NbdServerConfig config() {
+        return config;
+    }
+
+    public ExportRegistry exports() {
+        return exports;
+    }
+
+    /** Where disc I/O runs; never an event loop. */
+    public Executor storageExecutor() {
+        return storageExecutor;
+    }
+
+    public boolean shuttingDown() {
+        return shuttingDown;
+    }
+
+    public void beginShutdown() {
+        shuttingDown = true;
+    }
+}

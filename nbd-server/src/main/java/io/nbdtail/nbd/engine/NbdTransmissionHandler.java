@@ -1,0 +1,377 @@
+package io.nbdtail.nbd.engine;
+
+import io.nbdtail.nbd.codec.NbdReplies;
+import io.nbdtail.nbd.protocol.NbdCommand;
+import io.nbdtail.nbd.protocol.NbdConstants;
+import io.nbdtail.nbd.protocol.NbdError;
+import io.nbdtail.nbd.protocol.NbdProtocolException;
+import io.nbdtail.nbd.protocol.NbdRequest;
+import io.nbdtail.volume.Volume;
+import io.netty.buffer.ByteBuf;
+import io.netty.buffer.ByteBufAllocator;
+import io.netty.buffer.Unpooled;
+import io.netty.channel.ChannelFutureListener;
+import io.netty.channel.ChannelHandlerContext;
+import io.netty.channel.ChannelInboundHandlerAdapter;
+import io.netty.channel.EventLoop;
+import io.netty.handler.codec.DecoderException;
+import io.netty.util.ReferenceCountUtil;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import java.io.IOException;
+import java.util.ArrayDeque;
+import java.util.concurrent.Executor;
+
+/**
+ * Serves one connection in the transmission phase.
+ *
+ * <p>Threads: everything in this class runs on the connection's event loop. Disc I/O runs on the storage
+ * executor inside {@link NbdOperation}, which comes back here through {@link #complete}. Replies leave in
+ * completion order, not request order; the cookie tells the client which is which. Each reply is one buffer
+ * written in one call on the event loop, so replies never interleave on the socket.
+ *
+ * <p>Back-pressure: at most {@code maxInFlightRequests} requests and {@code maxInFlightBytes} bytes are being
+ * served at once. Requests decoded beyond that wait in a queue (they were already read), and the channel stops
+ * reading from the socket until the queue drains; the same happens while the socket's outbound buffer is above
+ * its high-water mark (a client that does not read its replies). No thread ever blocks.
+ *
+ * <p>Bad requests get an error reply and the connection stays usable; only a broken stream (bad magic, an
+ * enormous WRITE) closes it.
+ */
+public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
+    private static final Logger LOG = LoggerFactory.getLogger(NbdTransmissionHandler.class);
+
+    private final NbdServerContext context;
+    private final NbdServerConfig config;
+    private final NbdSession session;
+    private final Export export;
+    private final Volume volume;
+    private final long size;
+    private final ExportStats stats;
+    private final Executor storage;
+    private final ArrayDeque<NbdOperation> waiting = new ArrayDeque<>();
+    private final Runnable flushTask = this::flushReplies;
+    private final long openedAtMillis = System.currentTimeMillis();
+
+    private ChannelHandlerContext ctx;
+    private int inFlight;
+    private long inFlightBytes;
+    /** NBD_CMD_DISC seen: requests after it are ignored, the rest are answered, then the socket closes. */
+    private boolean disconnecting;
+    /** The server is shutting down or handing the volume over: stop reading, answer what was read, close. */
+    private boolean draining;
+    private boolean closed;
+    private boolean flushScheduled;
+
+    private long requests;
+    private long errors;
+    private long bytesRead;
+    private long bytesWritten;
+
+    public NbdTransmissionHandler(final NbdServerContext context, final NbdSession session) {
+        this.context = context;
+        this.config = context.config();
+        this.session = session;
+        this.export = session.export();
+        this.volume = export.volume();
+        this.size = export.size();
+        this.stats = export.stats();
+        this.storage = context.storageExecutor();
+    }
+
+    NbdSession session() {
+        return session;
+    }
+
+    NbdServerConfig config() {
+        return config;
+    }
+
+    Volume volume() {
+        return volume;
+    }
+
+    ByteBufAllocator alloc() {
+        return ctx.alloc();
+    }
+
+    EventLoop eventLoop() {
+        return ctx.channel().eventLoop();
+    }
+
+    /** Requests being served now (dispatched or queued). Read from the event loop only. */
+    public int inFlight() {
+        return inFlight + waiting.size();
+    }
+
+    public long openedAtMillis() {
+        return openedAtMillis;
+    }
+
+    @Override
+    public void handlerAdded(final ChannelHandlerContext ctx) {
+        this.ctx = ctx;
+        stats.onConnectionOpened();
+        LOG.info("open client={} export={} flags=0x{} structured={} contexts={}", session.client(), export.name(),
+            Integer.toHexString(session.transmissionFlags()), session.structuredReplies() ? "yes" : "no",
+            session.hasMetaContexts() ? "[" + NbdConstants.CONTEXT_BASE_ALLOCATION + "]" : "[]");
+        if (context.shuttingDown()) {
+            beginDrain();
+        }
+    }
+
+    @Override
+    public void channelInactive(final ChannelHandlerContext ctx) throws Exception {
+        closed = true;
+        NbdOperation op;
+        while ((op = waiting.poll()) != null) {
+            op.discard();
+        }
+        stats.onConnectionClosed();
+        LOG.info("close client={} export={} requests={} errors={} read={} written={} seconds={}", session.client(),
+            export.name(), requests, errors, bytesRead, bytesWritten,
+            (System.currentTimeMillis() - openedAtMillis) / 1000);
+        super.channelInactive(ctx);
+    }
+
+    @Override
+    public void channelRead(final ChannelHandlerContext ctx, final Object msg) {
+        if (!(msg instanceof NbdRequest request)) {
+            ReferenceCountUtil.release(msg);
+            return;
+        }
+        if (disconnecting || closed) {
+            request.release();
+            return;
+        }
+        requests++;
+        final NbdCommand command = request.command();
+        stats.onRequest(command);
+        if (command == NbdCommand.DISC) {
+            disconnecting = true;
+            ctx.channel().config().setAutoRead(false);
+            closeWhenIdle();
+            return;
+        }
+        final NbdError error = validate(request, command);
+        if (error != null) {
+            final String message = describe(request, command, error);
+            request.release();
+            replyError(request.cookie(), command, error, message);
+            return;
+        }
+        final NbdOperation op = new NbdOperation(this, request, command);
+        if (waiting.isEmpty() && canDispatch(op)) {
+            dispatch(op);
+        } else {
+            waiting.add(op);
+        }
+        updateAutoRead();
+    }
+
+    /**
+     * Checks a request against the spec's rules; {@code null} if it may be served. The order matters only for
+     * which error a request with several faults gets.
+     */
+    private NbdError validate(final NbdRequest request, final NbdCommand command) {
+        if (command == NbdCommand.UNKNOWN) {
+            return NbdError.EINVAL;
+        }
+        int valid = command.validFlags();
+        if (!session.structuredReplies()) {
+            valid &= ~NbdConstants.CMD_FLAG_DF;
+        }
+        if ((request.flags() & ~valid) != 0) {
+            return NbdError.EINVAL;
+        }
+        if (command.writes() && export.readOnly()) {
+            return NbdError.EPERM;
+        }
+        if (command == NbdCommand.FLUSH) {
+            return request.offset() != 0 || request.length() != 0 ? NbdError.EINVAL : null;
+        }
+        if (request.payloadDropped()) {
+            return NbdError.EINVAL;
+        }
+        final long offset = request.offset();
+        final long length = request.length();
+        // offset is unsigned 64-bit: compareUnsigned so that 2^63 and above are "past the end", and the
+        // subtraction cannot overflow once offset <= size.
+        if (Long.compareUnsigned(offset, size) > 0 || length > size - offset) {
+            return command == NbdCommand.WRITE || command == NbdCommand.WRITE_ZEROES ? NbdError.ENOSPC
+                : NbdError.EINVAL;
+        }
+        if (command == NbdCommand.READ && length > config.maxPayload) {
+            return NbdError.EINVAL;
+        }
+        if (command == NbdCommand.BLOCK_STATUS && (!session.hasMetaContexts() || length == 0)) {
+            return NbdError.EINVAL;
+        }
+        return null;
+    }
+
+    /** The error message for a refused request; built only on this error path. */
+    private String describe(final NbdRequest request, final NbdCommand command, final NbdError error) {
+        if (command == NbdCommand.UNKNOWN) {
+            return "unknown command " + request.type();
+        }
+        return switch (error) {
+            case EPERM -> "export " + export.name() + " is read-only";
+            case ENOSPC -> "request ends beyond the export: offset=" + Long.toUnsignedString(request.offset())
+                + " length=" + request.length() + " size=" + size;
+            default -> {
+                if ((request.flags() & ~command.validFlags()) != 0
+                    || (!session.structuredReplies() && request.hasFlag(NbdConstants.CMD_FLAG_DF))) {
+                    yield "flags 0x" + Integer.toHexString(request.flags()) + " are not valid for " + command;
+                }
+                if (request.payloadDropped()) {
+                    yield "write of " + request.length() + " bytes exceeds the maximum of " + config.maxPayload;
+                }
+                if (command == NbdCommand.FLUSH) {
+                    yield "FLUSH must have offset and length 0";
+                }
+                if (command == NbdCommand.BLOCK_STATUS && !session.hasMetaContexts()) {
+                    yield "no metadata context was negotiated";
+                }
+                if (command == NbdCommand.READ && request.length() > config.maxPayload) {
+                    yield "read of " + request.length() + " bytes exceeds the maximum of " + config.maxPayload;
+                }
+                yield "request out of range: offset=" + Long.toUnsignedString(request.offset()) + " length="
+                    + request.length() + " size=" + size;
+            }
+        };
+    }
+
+    private boolean canDispatch(final NbdOperation op) {
+        if (inFlight == 0) {
+            return true;
+        }
+        return inFlight < config.maxInFlightRequests && inFlightBytes + op.weight <= config.maxInFlightBytes
+            && ctx.channel().isWritable();
+    }
+
+    private void dispatch(final NbdOperation op) {
+        inFlight++;
+        inFlightBytes += op.weight;
+        storage.execute(op);
+    }
+
+    /** Called on the event loop when an operation's I/O is done. */
+    void complete(final NbdOperation op) {
+        inFlight--;
+        inFlightBytes -= op.weight;
+        if (closed) {
+            op.discard();
+        } else {
+            final NbdError error = op.error();
+            if (error != null) {
+                replyError(op.request().cookie(), op.command(), error, op.errorMessage());
+            } else {
+                final ByteBuf reply = op.takeReply();
+                if (op.command() == NbdCommand.READ) {
+                    bytesRead += op.request().length();
+                    stats.onRead(op.request().length());
+                } else if (op.command() == NbdCommand.WRITE) {
+                    bytesWritten += op.request().length();
+                    stats.onWrite(op.request().length());
+                }
+                ctx.write(reply != null ? reply : NbdReplies.simple(ctx.alloc(), op.request().cookie(), 0),
+                    ctx.voidPromise());
+                scheduleFlush();
+            }
+        }
+        dispatchWaiting();
+        updateAutoRead();
+        closeWhenIdle();
+    }
+
+    private void dispatchWaiting() {
+        NbdOperation next;
+        while ((next = waiting.peek()) != null && canDispatch(next)) {
+            waiting.poll();
+            dispatch(next);
+        }
+    }
+
+    private void replyError(final long cookie, final NbdCommand command, final NbdError error, final String message) {
+        errors++;
+        stats.onError(error);
+        final ByteBuf reply;
+        if (session.structuredReplies() && (command == NbdCommand.READ || command == NbdCommand.BLOCK_STATUS)) {
+            reply = NbdReplies.error(ctx.alloc(), cookie, error.code(), message, -1);
+        } else {
+            reply = NbdReplies.simple(ctx.alloc(), cookie, error.code());
+        }
+        ctx.write(reply, ctx.voidPromise());
+        scheduleFlush();
+    }
+
+    /**
+     * One flush for all replies completed in a row: completions queued on the event loop before this task runs
+     * share its {@code writev}.
+     */
+    private void scheduleFlush() {
+        if (!flushScheduled) {
+            flushScheduled = true;
+            ctx.executor().execute(flushTask);
+        }
+    }
+
+    private void flushReplies() {
+        flushScheduled = false;
+        ctx.flush();
+    }
+
+    private void updateAutoRead() {
+        final boolean read = !disconnecting && !draining && !closed && waiting.isEmpty()
+            && inFlight < config.maxInFlightRequests && inFlightBytes < config.maxInFlightBytes
+            && ctx.channel().isWritable();
+        if (ctx.channel().config().isAutoRead() != read) {
+            ctx.channel().config().setAutoRead(read);
+        }
+    }
+
+    @Override
+    public void channelWritabilityChanged(final ChannelHandlerContext ctx) throws Exception {
+        if (ctx.channel().isWritable()) {
+            dispatchWaiting();
+            updateAutoRead();
+        }
+        super.channelWritabilityChanged(ctx);
+    }
+
+    /**
+     * Stops reading new requests; those already read are answered, then the connection closes. Used by a
+     * graceful shutdown: qemu's client then reconnects (with {@code reconnect-delay}) and resends whatever was
+     * unanswered. Call on the event loop.
+     */
+    public void beginDrain() {
+        if (closed || draining) {
+            return;
+        }
+        draining = true;
+        ctx.channel().config().setAutoRead(false);
+        closeWhenIdle();
+    }
+
+    private void closeWhenIdle() {
+        if ((disconnecting || draining) && !closed && inFlight == 0 && waiting.isEmpty()) {
+            closed = true;
+            ctx.writeAndFlush(Unpooled.EMPTY_BUFFER).addListener(ChannelFutureListener.CLOSE);
+        }
+    }
+
+    @Override
+    public void exceptionCaught(final ChannelHandlerContext ctx, final Throwable cause) {
+        final Throwable root = cause instanceof DecoderException && cause.getCause() != null ? cause.getCause() : cause;
+        if (root instanceof NbdProtocolException) {
+            LOG.info("closing client={} export={}: {}", session.client(), export.name(), root.getMessage());
+        } else if (root instanceof IOException) {
+            LOG.debug("client={} export={}: {}", session.client(), export.name(), root.toString());
+        } else {
+            LOG.warn("client={} export={}: unexpected error, closing", session.client(), export.name(), root);
+        }
+        ctx.close();
+    }
+}

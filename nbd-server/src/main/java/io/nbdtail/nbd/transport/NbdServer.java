@@ -1,0 +1,180 @@
+package io.nbdtail.nbd.transport;
+
+import io.nbdtail.nbd.engine.ExportRegistry;
+import io.nbdtail.nbd.engine.NbdHandshakeHandler;
+import io.nbdtail.nbd.engine.NbdServerConfig;
+import io.nbdtail.nbd.engine.NbdServerContext;
+import io.nbdtail.nbd.engine.NbdTransmissionHandler;
+import io.nbdtail.storage.nativeio.NativeIo;
+import io.netty.bootstrap.ServerBootstrap;
+import io.netty.buffer.PooledByteBufAllocator;
+import io.netty.channel.AdaptiveRecvByteBufAllocator;
+import io.netty.channel.Channel;
+import io.netty.channel.ChannelInitializer;
+import io.netty.channel.ChannelOption;
+import io.netty.channel.EventLoopGroup;
+import io.netty.channel.MultiThreadIoEventLoopGroup;
+import io.netty.channel.ServerChannel;
+import io.netty.channel.WriteBufferWaterMark;
+import io.netty.channel.epoll.Epoll;
+import io.netty.channel.epoll.EpollIoHandler;
+import io.netty.channel.epoll.EpollServerDomainSocketChannel;
+import io.netty.channel.epoll.EpollServerSocketChannel;
+import io.netty.channel.group.ChannelGroup;
+import io.netty.channel.group.DefaultChannelGroup;
+import io.netty.channel.nio.NioIoHandler;
+import io.netty.channel.socket.nio.NioServerSocketChannel;
+import io.netty.util.concurrent.GlobalEventExecutor;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import java.net.InetSocketAddress;
+import java.net.SocketAddress;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.Executor;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * The NBD listener: accepts connections on TCP addresses or on sockets inherited from systemd, and gives each
+ * connection a pipeline of {@code limiter -> handshake} (the handshake later replaces itself with
+ * {@code decoder -> transmission}).
+ *
+ * <p>Uses the epoll transport when available (always on Linux here) and NIO otherwise; inherited sockets need
+ * epoll.
+ */
+public final class NbdServer implements AutoCloseable {
+    private static final Logger LOG = LoggerFactory.getLogger(NbdServer.class);
+
+    private final NbdServerContext context;
+    private final EventLoopGroup bossGroup;
+    private final EventLoopGroup workerGroup;
+    private final boolean epoll;
+    private final ConnectionLimiter limiter;
+    private final ChannelGroup connections = new DefaultChannelGroup("nbd-connections",
+        GlobalEventExecutor.INSTANCE);
+    private final List<Channel> listeners = new CopyOnWriteArrayList<>();
+
+    public NbdServer(final NbdServerConfig config, final ExportRegistry exports, final Executor storageExecutor) {
+        this.context = new NbdServerContext(config, exports, storageExecutor);
+        this.epoll = Epoll.isAvailable();
+        this.bossGroup = new MultiThreadIoEventLoopGroup(1,
+            epoll ? EpollIoHandler.newFactory() : NioIoHandler.newFactory());
+        this.workerGroup = new MultiThreadIoEventLoopGroup(config.eventLoopThreads,
+            epoll ? EpollIoHandler.newFactory() : NioIoHandler.newFactory());
+        this.limiter = new ConnectionLimiter(config.maxConnections, config.maxConnectionsPerAddress);
+        if (!epoll) {
+            LOG.warn("epoll transport unavailable ({}); using NIO", Epoll.unavailabilityCause().toString());
+        }
+    }
+
+    public NbdServerContext context() {
+        return context;
+    }
+
+    /** Connections open now, including those still in the handshake. */
+    public int connectionCount() {
+        return limiter.connections();
+    }
+
+    /** Binds a TCP listener; returns the bound address (useful with port 0). */
+    public InetSocketAddress bind(final String host, final int port) throws InterruptedException {
+        final ServerBootstrap bootstrap = bootstrap(false)
+            .channel(epoll ? EpollServerSocketChannel.class : NioServerSocketChannel.class);
+        final Channel channel = bootstrap.bind(host, port).sync().channel();
+        listeners.add(channel);
+        final InetSocketAddress bound = (InetSocketAddress) channel.localAddress();
+        LOG.info("listening on {}", bound);
+        return bound;
+    }
+
+    /**
+     * Serves on a listening socket inherited as file descriptor {@code fd} (systemd socket activation). TCP and
+     * Unix-domain sockets both work; {@code nbdinfo [ nbdtail serve ... ]} hands over a Unix one.
+     */
+    public SocketAddress serveInherited(final int fd) throws Exception {
+        if (!epoll) {
+            throw new IllegalStateException("socket activation needs the epoll transport");
+        }
+        final boolean unix = NativeIo.get().socketFamily(fd) == NativeIo.AF_UNIX;
+        final ServerBootstrap bootstrap = bootstrap(unix).channelFactory(() -> unix
+            ? new EpollServerDomainSocketChannel(fd) : new EpollServerSocketChannel(fd));
+        final Channel channel = bootstrap.register().sync().channel();
+        listeners.add(channel);
+        LOG.info("serving on inherited socket fd={} ({})", fd, unix ? "unix" : channel.localAddress());
+        return channel.localAddress();
+    }
+
+    private ServerBootstrap bootstrap(final boolean unix) {
+        final NbdServerConfig config = context.config();
+        final ServerBootstrap b = new ServerBootstrap()
+            .group(bossGroup, workerGroup)
+            .option(ChannelOption.SO_BACKLOG, 1024)
+            .childOption(ChannelOption.ALLOCATOR, PooledByteBufAllocator.DEFAULT)
+            // Reads grow up to 256 KiB so that a 1 MiB WRITE needs few syscalls.
+            .childOption(ChannelOption.RECVBUF_ALLOCATOR, new AdaptiveRecvByteBufAllocator(512, 16 << 10, 256 << 10))
+            // Above 8 MiB of unsent replies the connection stops reading requests (see NbdTransmissionHandler).
+            .childOption(ChannelOption.WRITE_BUFFER_WATER_MARK, new WriteBufferWaterMark(2 << 20, 8 << 20))
+            .childHandler(new ChannelInitializer<>() {
+                @Override
+                protected void initChannel(final Channel ch) {
+                    connections.add(ch);
+                    ch.pipeline()
+                        .addLast("limiter", limiter)
+                        .addLast("nbd-handshake", new NbdHandshakeHandler(context));
+                }
+            });
+        if (!unix) {
+            b.option(ChannelOption.SO_REUSEADDR, true);
+            // NBD is request/reply with small headers: never wait for Nagle (the spec says SHOULD).
+            b.childOption(ChannelOption.TCP_NODELAY, true);
+            b.childOption(ChannelOption.SO_KEEPALIVE, true);
+        }
+        return b;
+    }
+
+    /**
+     * Graceful shutdown: stops accepting, lets every connection answer the requests it has already read (new
+     * ones are not read), closes connections, and waits up to {@code timeoutMillis}. Afterwards no request is
+     * in flight, so the caller can sync and close the volumes.
+     */
+    public void shutdown(final long timeoutMillis) throws InterruptedException {
+        context.beginShutdown();
+        for (final Channel listener : listeners) {
+            listener.close().sync();
+        }
+        final List<Channel> open = new ArrayList<>(connections);
+        for (final Channel ch : open) {
+            ch.eventLoop().execute(() -> {
+                final NbdTransmissionHandler handler = ch.pipeline().get(NbdTransmissionHandler.class);
+                if (handler != null) {
+                    handler.beginDrain();
+                } else {
+                    ch.close();
+                }
+            });
+        }
+        final long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMillis);
+        for (final Channel ch : open) {
+            final long left = deadline - System.nanoTime();
+            if (left <= 0 || !ch.closeFuture().await(left, TimeUnit.NANOSECONDS)) {
+                LOG.warn("shutdown: {} did not finish its requests within {} ms; closing it", ch.remoteAddress(),
+                    timeoutMillis);
+                ch.close();
+            }
+        }
+        connections.close().await(5, TimeUnit.SECONDS);
+    }
+
+    @Override
+    public void close() {
+        context.beginShutdown();
+        for (final Channel listener : listeners) {
+            listener.close();
+        }
+        connections.close().awaitUninterruptibly(5, TimeUnit.SECONDS);
+        bossGroup.shutdownGracefully(0, 2, TimeUnit.SECONDS).awaitUninterruptibly();
+        workerGroup.shutdownGracefully(0, 2, TimeUnit.SECONDS).awaitUninterruptibly();
+    }
+}

@@ -98,8 +98,10 @@ public final class NbdServer implements AutoCloseable {
             throw new IllegalStateException("socket activation needs the epoll transport");
         }
         final boolean unix = NativeIo.get().socketFamily(fd) == NativeIo.AF_UNIX;
+        // (fd, true): the one-argument domain-socket constructor marks the channel inactive, and an inactive
+        // server channel never starts accepting. The socket is already bound and listening.
         final ServerBootstrap bootstrap = bootstrap(unix).channelFactory(() -> unix
-            ? new EpollServerDomainSocketChannel(fd) : new EpollServerSocketChannel(fd));
+            ? new EpollServerDomainSocketChannel(fd, true) : new EpollServerSocketChannel(fd));
         final Channel channel = bootstrap.register().sync().channel();
         listeners.add(channel);
         LOG.info("serving on inherited socket fd={} ({})", fd, unix ? "unix" : channel.localAddress());

@@ -66,7 +66,7 @@ final class JnrNativeIo implements NativeIo {
         int fdatasync(int fd);
 
         @SaveError
-        int getsockopt(int fd, int level, int name, @Out IntByReference value, @Out IntByReference length);
+        int getsockopt(int fd, int level, int name, @Out IntByReference value, IntByReference length);
 
         @SaveError
         int fstat(int fd, @Out @Transient Pointer stat);

@@ -76,8 +76,9 @@ public final class Volume implements AutoCloseable {
     /** Stops the volume taking writes; the first failure is kept and logged, later ones only counted. */
     public void markFailed(final StorageException cause) {
         if (failure.compareAndSet(null, cause)) {
-            LOG.error("volume {} stopped taking writes: {}. Reads still work. Find the disc fault, then restart"
-                + " the server so that the volume is checked and reopened.", metadata.name(), cause.getMessage());
+            LOG.error("volume {} stopped taking writes: {}. Reads still work. Writes since the last successful"
+                + " flush may be lost; find and fix the disc fault, then restart the server.", metadata.name(),
+                cause.getMessage());
         }
     }
 

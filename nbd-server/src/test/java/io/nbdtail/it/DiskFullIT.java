@@ -1,0 +1,57 @@
+package io.nbdtail.it;
+
+import io.nbdtail.testing.ExternalTool;
+import io.nbdtail.testing.TestServer;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/**
+ * A thin volume on a file system that fills up: writes that need new space get ENOSPC (so qemu pauses the
+ * guest rather than failing its I/O), overwrites of allocated blocks and reads keep working, and writing
+ * resumes once space is freed. Uses a 16 MiB tmpfs, so it needs root; skipped with the reason otherwise.
+ */
+class DiskFullIT {
+    @TempDir
+    Path dir;
+
+    @Test
+    void shouldAnswerEnospcWhenTheFileSystemIsFullAndRecoverWhenSpaceIsFreed() throws Exception {
+        final Path mount = dir.resolve("small");
+        Files.createDirectories(mount);
+        final ExternalTool.Result mounted = ExternalTool.run("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs",
+            mount.toString());
+        if (mounted.exitCode() != 0) {
+            System.out.println("DiskFullIT skipped: cannot mount a tmpfs (needs root): " + mounted.stderr());
+        }
+        assumeTrue(mounted.exitCode() == 0, "cannot mount a tmpfs: " + mounted.stderr());
+        try (TestServer server = TestServer.start(mount.resolve("data"))) {
+            server.createVolume("thin", 64L << 20);
+            final String uri = server.uri("thin");
+            // 4 MiB of data, then a filler that leaves almost no space.
+            ExternalTool.run("qemu-io", "-f", "raw", "-c", "write -P 0x44 0 4M", "-c", "flush", uri).assertSuccess();
+            final Path filler = mount.resolve("filler");
+            ExternalTool.run("dd", "if=/dev/zero", "of=" + filler, "bs=1M", "count=64").exitCode();
+
+            final ExternalTool.Result full = ExternalTool.run("qemu-io", "-f", "raw", "-c", "write -P 0x55 8M 8M",
+                uri);
+            assertThat(full.output()).contains("No space left on device");
+
+            // Allocated blocks can still be overwritten, and everything reads.
+            ExternalTool.run("qemu-io", "-f", "raw", "-c", "write -P 0x66 0 1M", "-c", "read -P 0x66 0 1M",
+                "-c", "read -P 0x44 1M 3M", "-c", "flush", uri).assertSuccess();
+            assertThat(server.export("thin").volume().failure()).as("ENOSPC does not fail the volume").isNull();
+
+            Files.delete(filler);
+            ExternalTool.run("qemu-io", "-f", "raw", "-c", "write -P 0x55 8M 8M", "-c", "read -P 0x55 8M 8M",
+                "-c", "flush", uri).assertSuccess();
+        } finally {
+            ExternalTool.run("umount", mount.toString());
+        }
+    }
+}

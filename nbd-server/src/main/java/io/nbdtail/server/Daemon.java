@@ -1,108 +1,89 @@
 package io.nbdtail.server;
 
-import io.nbdtail.nbd.engine.Export;
-import io.nbdtail.nbd.engine.SimpleExportRegistry;
-import io.nbdtail.nbd.transport.NbdServer;
-import io.nbdtail.storage.StorageExecutor;
-import io.nbdtail.volume.Volume;
 import io.nbdtail.volume.VolumeException;
-import io.nbdtail.volume.VolumeMetadata;
-import io.nbdtail.volume.VolumeService;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import sun.misc.Signal;
 
 import java.nio.file.Path;
-import java.util.ArrayList;
-import java.util.List;
 import java.util.concurrent.CountDownLatch;
 
 /**
- * {@code nbdtail serve}: opens every volume of a data directory and serves each as an NBD export named after
- * it, until SIGTERM or SIGINT.
- *
- * <p>Start-up order: lock the data directory (one server per directory), open and lock every volume, then
- * listen. Shutdown order is the reverse: stop listening, let connections answer what they have read, sync and
- * close every volume, release the locks, exit 0.
+ * {@code nbdtail serve}: runs one {@link NbdTail} on a data directory until SIGTERM or SIGINT, then stops it
+ * gracefully and exits 0.
  */
 public final class Daemon {
     private static final Logger LOG = LoggerFactory.getLogger(Daemon.class);
 
-    private final Path dataDir;
-    private final ServerConfig config;
-    private final CountDownLatch stop = new CountDownLatch(1);
+    private Daemon() {
+    }
 
-    private Daemon(final Path dataDir, final ServerConfig config) {
-        this.dataDir = dataDir;
-        this.config = config;
+    /** Command-line overrides of the configuration file; {@code null} fields keep the file's values. */
+    public record Options(Path dataDir, String listen, String apiListen, Path apiTokenFile, Path configFile) {
+    }
+
+    /** @see #run(Options) */
+    public static int run(final Path dataDir, final String listen, final Path configFile) {
+        return run(new Options(dataDir, listen, null, null, configFile));
     }
 
     /**
      * Runs the server in the calling thread until a signal stops it.
      *
-     * @param listen     overrides the configuration's listen address; ignored under socket activation.
-     * @param configFile optional JSON configuration.
-     * @return the process exit code.
+     * @return the process exit code: 0 after a graceful stop, 1 if it could not serve, 2 for a bad configuration.
      */
-    public static int run(final Path dataDir, final String listen, final Path configFile) {
+    public static int run(final Options options) {
         final ServerConfig config;
         try {
-            config = configFile != null ? ServerConfig.load(configFile) : new ServerConfig();
-            if (listen != null) {
-                config.listen = listen;
+            config = options.configFile() != null ? ServerConfig.load(options.configFile()) : new ServerConfig();
+            if (options.listen() != null) {
+                config.listen = options.listen();
+            }
+            if (options.apiListen() != null) {
+                config.api.listen = options.apiListen();
+            }
+            if (options.apiTokenFile() != null) {
+                config.api.tokenFile = options.apiTokenFile().toString();
             }
             ServerConfig.parseListen(config.listen);
+            if (config.api.enabled()) {
+                ServerConfig.parseListen(config.api.listen);
+            }
+            config.api.defaultAllow();
             config.nbd.conclude();
         } catch (final Exception e) {
             System.err.println("nbdtail: " + e.getMessage());
             return 2;
         }
-        final Daemon daemon = new Daemon(dataDir, config);
-        Signal.handle(new Signal("TERM"), s -> daemon.stop.countDown());
-        Signal.handle(new Signal("INT"), s -> daemon.stop.countDown());
-        return daemon.serve();
-    }
+        final CountDownLatch stop = new CountDownLatch(1);
+        Signal.handle(new Signal("TERM"), s -> stop.countDown());
+        Signal.handle(new Signal("INT"), s -> stop.countDown());
 
-    private int serve() {
-        final VolumeService volumes;
-        final AutoCloseable dirLock;
+        final NbdTail tail;
         try {
-            volumes = VolumeService.open(dataDir);
-            dirLock = volumes.lockDataDirectory();
+            tail = NbdTail.open(options.dataDir(), config);
         } catch (final VolumeException e) {
             System.err.println("nbdtail: " + e.getMessage());
             return 1;
+        } catch (final Exception e) {
+            System.err.println("nbdtail: cannot open " + options.dataDir() + ": " + e.getMessage());
+            return 1;
         }
-        final List<Volume> opened = new ArrayList<>();
-        final StorageExecutor storage = new StorageExecutor(config.nbd.storageThreads);
-        final SimpleExportRegistry exports = new SimpleExportRegistry();
-        NbdServer server = null;
         try {
-            for (final VolumeMetadata meta : volumes.list()) {
-                try {
-                    final Volume volume = volumes.openVolume(meta.name(), storage);
-                    opened.add(volume);
-                    exports.add(Export.of(volume));
-                } catch (final VolumeException e) {
-                    if (e.code() == VolumeException.Code.LOCKED) {
-                        System.err.println("nbdtail: " + e.getMessage());
-                        return 1;
-                    }
-                    LOG.error("volume {} is not served: {}", meta.name(), e.getMessage());
-                }
-            }
-            server = new NbdServer(config.nbd, exports, storage);
             final Integer inherited = SocketActivation.listenFd();
             if (inherited != null) {
-                server.serveInherited(inherited);
+                tail.listenInherited(inherited);
             } else {
                 final ServerConfig.HostPort hp = ServerConfig.parseListen(config.listen);
-                server.bind(hp.host(), hp.port());
+                tail.listen(hp.host(), hp.port());
             }
-            LOG.info("nbdtail serving {} volume(s) from {}", opened.size(), dataDir.toAbsolutePath());
+            if (config.api.enabled()) {
+                final ServerConfig.HostPort api = ServerConfig.parseListen(config.api.listen);
+                tail.startApi(api.host(), api.port());
+            }
+            LOG.info("nbdtail serving {} volume(s) from {}", tail.volumes().all().size(), tail.dataDir());
             stop.await();
             LOG.info("shutting down: finishing requests in flight");
-            server.shutdown(config.nbd.shutdownTimeoutMillis);
             return 0;
         } catch (final InterruptedException e) {
             Thread.currentThread().interrupt();
@@ -112,21 +93,10 @@ public final class Daemon {
             LOG.debug("start-up failure", e);
             return 1;
         } finally {
-            if (server != null) {
-                server.close();
-            }
-            for (final Volume volume : opened) {
-                volume.close();
-            }
             try {
-                storage.shutdown(5_000);
+                tail.close();
             } catch (final InterruptedException e) {
                 Thread.currentThread().interrupt();
-            }
-            try {
-                dirLock.close();
-            } catch (final Exception e) {
-                LOG.warn("releasing the data directory lock failed: {}", e.toString());
             }
             LOG.info("stopped");
         }

@@ -3,6 +3,7 @@ package io.nbdtail.server;
 import com.fasterxml.jackson.annotation.JsonIgnoreProperties;
 import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import io.nbdtail.api.ApiConfig;
 import io.nbdtail.nbd.engine.NbdServerConfig;
 
 import java.io.IOException;
@@ -15,10 +16,11 @@ import java.nio.file.Path;
  * <pre>
  * {
  *   "listen": "127.0.0.1:10809",
- *   "nbd": { "maxConnections": 1024, "handshakeTimeoutMillis": 10000, ... }
+ *   "nbd": { "maxConnections": 1024, "handshakeTimeoutMillis": 10000, ... },
+ *   "api": { "listen": "127.0.0.1:10810", "tokenFile": "...", "aclDefault": "allow", "tls": { ... } }
  * }
  * </pre>
- * The {@code nbd} keys are the fields of {@link NbdServerConfig}. Unknown keys are an error, so that a typo
+ * The {@code nbd} keys are the fields of {@link NbdServerConfig}, the {@code api} keys those of {@link ApiConfig}. Unknown keys are an error, so that a typo
  * does not silently leave a limit at its default.
  */
 @JsonIgnoreProperties(ignoreUnknown = false)
@@ -26,6 +28,7 @@ public final class ServerConfig {
     /** The NBD listener, {@code HOST:PORT} or {@code [IPv6]:PORT}; 10809 is the IANA NBD port. */
     public String listen = "127.0.0.1:10809";
     public NbdServerConfig nbd = new NbdServerConfig();
+    public ApiConfig api = new ApiConfig();
 
     public static ServerConfig load(final Path file) throws IOException {
         final ObjectMapper mapper = new ObjectMapper().enable(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES);
@@ -33,6 +36,9 @@ public final class ServerConfig {
             final ServerConfig config = mapper.readValue(Files.readAllBytes(file), ServerConfig.class);
             if (config.nbd == null) {
                 config.nbd = new NbdServerConfig();
+            }
+            if (config.api == null) {
+                config.api = new ApiConfig();
             }
             return config;
         } catch (final IOException e) {

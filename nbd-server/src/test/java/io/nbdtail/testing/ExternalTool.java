@@ -56,6 +56,9 @@ public final class ExternalTool {
     public static Result run(final Map<String, String> env, final long timeoutSeconds, final String... command) {
         requireTool(command[0]);
         final ProcessBuilder pb = new ProcessBuilder(command);
+        // System directories first: nbdsh runs "python3" from PATH and needs Debian's, which has the nbd module,
+        // not a pyenv or virtualenv python that may come earlier on a developer's PATH.
+        pb.environment().put("PATH", "/usr/sbin:/usr/bin:/sbin:/bin:" + System.getenv().getOrDefault("PATH", ""));
         pb.environment().putAll(env);
         pb.redirectInput(ProcessBuilder.Redirect.from(new java.io.File("/dev/null")));
         try {

@@ -45,6 +45,12 @@ public interface BlockDevice extends AutoCloseable {
     /** A read-ahead hint; failures are ignored. */
     void prefetch(long offset, long length);
 
+    /**
+     * Grows the device to {@code newSize} bytes; the new range reads as zeros. Only files can grow; a block
+     * device fails with {@link StorageException.Kind#NOT_SUPPORTED}.
+     */
+    void grow(long newSize) throws StorageException;
+
     /** {@code fdatasync}: everything written before the call is durable when it returns. */
     void sync() throws StorageException;
 

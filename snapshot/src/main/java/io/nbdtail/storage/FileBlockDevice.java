@@ -32,7 +32,7 @@ public final class FileBlockDevice implements BlockDevice {
     private final int fd;
     private final boolean blockDevice;
     private final boolean readOnly;
-    private final long size;
+    private volatile long size;
     private final AtomicBoolean closed = new AtomicBoolean();
     private volatile boolean seekDataWorks = true;
 
@@ -256,6 +256,26 @@ public final class FileBlockDevice implements BlockDevice {
         } catch (final NativeIoException ignored) {
             // A hint; nothing to report.
         }
+    }
+
+    @Override
+    public synchronized void grow(final long newSize) throws StorageException {
+        if (blockDevice) {
+            throw new StorageException(StorageException.Kind.NOT_SUPPORTED, path + " is a block device; grow the"
+                + " logical volume itself");
+        }
+        if (newSize < size) {
+            throw new StorageException(StorageException.Kind.NOT_SUPPORTED, "cannot shrink " + path + " from " + size
+                + " to " + newSize + " bytes");
+        }
+        try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(path.toFile(), "rw")) {
+            // ftruncate upwards: the new range is a hole, so growing costs no space and reads as zeros.
+            f.setLength(newSize);
+            f.getFD().sync();
+        } catch (final IOException e) {
+            throw StorageException.of("grow " + path + " to " + newSize, e);
+        }
+        size = newSize;
     }
 
     @Override

@@ -1,5 +1,8 @@
 package io.nbdtail.storage;
 
+import org.HdrHistogram.Histogram;
+import org.HdrHistogram.Recorder;
+
 import java.util.ArrayList;
 import java.util.concurrent.Executor;
 import java.util.concurrent.atomic.LongAdder;
@@ -35,6 +38,9 @@ public final class FlushCoordinator implements Runnable {
     private final SyncFailureListener failureListener;
     private final LongAdder syncs = new LongAdder();
     private final LongAdder waitersServed = new LongAdder();
+    private final LongAdder failures = new LongAdder();
+    private final Recorder syncLatency = new Recorder(3);
+    private final Histogram syncLatencyTotal = new Histogram(3);
 
     private final Object lock = new Object();
     private ArrayList<FlushWaiter> pending = new ArrayList<>();
@@ -77,6 +83,16 @@ public final class FlushCoordinator implements Runnable {
         return waitersServed.sum();
     }
 
+    public long syncFailures() {
+        return failures.sum();
+    }
+
+    /** Duration of every {@code fdatasync} so far, in nanoseconds. One caller at a time (the metrics scrape). */
+    public synchronized Histogram syncLatency() {
+        syncLatencyTotal.add(syncLatency.getIntervalHistogram());
+        return syncLatencyTotal;
+    }
+
     @Override
     public void run() {
         while (true) {
@@ -91,14 +107,18 @@ public final class FlushCoordinator implements Runnable {
                 spare = null;
             }
             StorageException failure = null;
+            final long start = System.nanoTime();
             try {
                 device.sync();
                 syncs.increment();
             } catch (final StorageException e) {
                 failure = e;
-                failureListener.onSyncFailed(e);
             } catch (final RuntimeException e) {
                 failure = new StorageException(StorageException.Kind.IO_ERROR, "fdatasync failed: " + e, e);
+            }
+            syncLatency.recordValue(Math.max(0, System.nanoTime() - start));
+            if (failure != null) {
+                failures.increment();
                 failureListener.onSyncFailed(failure);
             }
             final int n = batch.size();

@@ -26,7 +26,7 @@ import java.util.concurrent.atomic.AtomicReference;
 public final class Volume implements AutoCloseable {
     private static final Logger LOG = LoggerFactory.getLogger(Volume.class);
 
-    private final VolumeMetadata metadata;
+    private volatile VolumeMetadata metadata;
     private final BlockDevice device;
     private final FlushCoordinator flusher;
     private final AutoCloseable lock;
@@ -129,6 +129,16 @@ public final class Volume implements AutoCloseable {
     public long allocation(final long offset, final long length, final ExtentSink sink, final int maxExtents)
         throws StorageException {
         return device.allocation(offset, length, sink, maxExtents);
+    }
+
+    /**
+     * Grows the volume. The caller records the new size durably (see {@link VolumeService#grow}); existing NBD
+     * connections keep the size they negotiated, new ones see the new size.
+     */
+    void grow(final long newSize, final VolumeMetadata updated) throws StorageException {
+        checkWritable();
+        device.grow(newSize);
+        metadata = updated;
     }
 
     public void prefetch(final long offset, final long length) {

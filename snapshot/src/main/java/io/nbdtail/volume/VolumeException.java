@@ -9,13 +9,21 @@ public final class VolumeException extends Exception {
 
     /** Why the operation did not happen. */
     public enum Code {
+        /** No volume of that name in the data directory. */
         NOT_FOUND,
+        /** A volume of that name exists already, or the block device is registered already. */
         ALREADY_EXISTS,
+        /** The name breaks the naming rules ({@link VolumeService#checkName}). */
         INVALID_NAME,
+        /** Not a positive multiple of 512 up to 2^62, or not the size of the block device. */
         INVALID_SIZE,
+        /** The path is missing, is not a block device, or cannot be opened. */
         INVALID_DEVICE,
+        /** Another process (or another holder in this one) has the volume or the data directory. */
         LOCKED,
+        /** The volume's record or data is damaged, or of a format this build does not read. */
         CORRUPT,
+        /** The file system failed; the message carries the system's reason. */
         IO_ERROR
     }
 
@@ -30,6 +38,7 @@ public final class VolumeException extends Exception {
         this.code = code;
     }
 
+    /** Why the operation did not happen. */
     public Code code() {
         return code;
     }

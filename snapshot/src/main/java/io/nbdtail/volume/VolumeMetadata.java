@@ -35,6 +35,11 @@ public record VolumeMetadata(int formatVersion, UUID id, String name, Kind kind,
         BLOCK_DEVICE
     }
 
+    /** This record with another size. */
+    public VolumeMetadata withSize(final long newSize) {
+        return new VolumeMetadata(formatVersion, id, name, kind, newSize, devicePath, description, readOnly, created);
+    }
+
     public VolumeMetadata {
         Objects.requireNonNull(id, "id");
         Objects.requireNonNull(name, "name");

@@ -78,6 +78,10 @@ class FlushCoordinatorTest {
         }
 
         @Override
+        public void grow(final long newSize) {
+        }
+
+        @Override
         public void sync() throws StorageException {
             syncs.incrementAndGet();
             syncStarted.countDown();

@@ -1,7 +1,12 @@
 package io.nbdtail.nbd.engine;
 
+import io.nbdtail.nbd.access.AccessList;
 import io.nbdtail.nbd.protocol.NbdConstants;
 import io.nbdtail.volume.Volume;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.ConcurrentHashMap;
 
 /** A volume as the NBD server offers it: a name, a description, a mode and its counters. */
 public final class Export {
@@ -10,6 +15,9 @@ public final class Export {
     private final Volume volume;
     private final boolean readOnly;
     private final ExportStats stats = new ExportStats();
+    private final ConcurrentHashMap<String, NbdTransmissionHandler> connections = new ConcurrentHashMap<>();
+    /** Who may open this export; {@code null} means the server's default policy. */
+    private volatile AccessList accessList;
 
     public Export(final String name, final String description, final Volume volume, final boolean readOnly) {
         this.name = name;
@@ -45,6 +53,31 @@ public final class Export {
 
     public ExportStats stats() {
         return stats;
+    }
+
+    public AccessList accessList() {
+        return accessList;
+    }
+
+    public void accessList(final AccessList list) {
+        this.accessList = list;
+    }
+
+    void register(final String id, final NbdTransmissionHandler connection) {
+        connections.put(id, connection);
+    }
+
+    void unregister(final String id) {
+        connections.remove(id);
+    }
+
+    /** The connections in the transmission phase now. */
+    public List<NbdTransmissionHandler> connections() {
+        return new ArrayList<>(connections.values());
+    }
+
+    public NbdTransmissionHandler connection(final String id) {
+        return connections.get(id);
     }
 
     /**

@@ -3,6 +3,9 @@ package io.nbdtail.nbd.engine;
 import io.nbdtail.nbd.protocol.NbdCommand;
 import io.nbdtail.nbd.protocol.NbdError;
 
+import org.HdrHistogram.Histogram;
+import org.HdrHistogram.Recorder;
+
 import java.util.concurrent.atomic.LongAdder;
 
 /**
@@ -18,6 +21,18 @@ public final class ExportStats {
     private final LongAdder bytesWritten = new LongAdder();
     private final LongAdder connectionsOpened = new LongAdder();
     private final LongAdder connectionsOpen = new LongAdder();
+    private final LongAdder inFlight = new LongAdder();
+    /** Request latency per command, from decode to reply, in nanoseconds; wait-free for the recording threads. */
+    private final Recorder[] latency = new Recorder[COMMANDS];
+    /** What the recorders have collected so far, for cumulative Prometheus histograms. */
+    private final Histogram[] latencyTotal = new Histogram[COMMANDS];
+
+    public ExportStats() {
+        for (int i = 0; i < COMMANDS; i++) {
+            latency[i] = new Recorder(3);
+            latencyTotal[i] = new Histogram(3);
+        }
+    }
 
     private static LongAdder[] adders(final int n) {
         final LongAdder[] a = new LongAdder[n];
@@ -41,6 +56,31 @@ public final class ExportStats {
 
     public void onWrite(final long bytes) {
         bytesWritten.add(bytes);
+    }
+
+    /** A request was handed to storage; {@link #onCompleted} ends it. */
+    public void onDispatched() {
+        inFlight.increment();
+    }
+
+    /** A dispatched request was answered after {@code nanos}. */
+    public void onCompleted(final NbdCommand command, final long nanos) {
+        inFlight.decrement();
+        latency[command.ordinal()].recordValue(Math.max(nanos, 0));
+    }
+
+    public long inFlight() {
+        return inFlight.sum();
+    }
+
+    /**
+     * The latency histogram of {@code command} since the export opened. Folds in what was recorded since the
+     * last call; call from one thread at a time (the metrics endpoint serialises scrapes).
+     */
+    public synchronized Histogram latency(final NbdCommand command) {
+        final Histogram total = latencyTotal[command.ordinal()];
+        total.add(latency[command.ordinal()].getIntervalHistogram());
+        return total;
     }
 
     public void onConnectionOpened() {

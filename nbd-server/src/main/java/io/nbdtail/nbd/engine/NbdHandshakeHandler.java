@@ -286,6 +286,8 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
      */
     private void metaContext(final ChannelHandlerContext ctx, final ByteBuf data) {
         final boolean set = option == OPT_SET_META_CONTEXT;
+        // The spec: a SET "replaces all previously-set metadata contexts (including when this command fails)".
+        baseAllocationSelected &= !set;
         if (set && !structuredReplies) {
             reply(ctx, invalid(ctx, "SET_META_CONTEXT needs structured replies first"));
             return;

@@ -28,6 +28,8 @@ final class NbdOperation implements Runnable, FlushWaiter {
     private final NbdCommand command;
     /** Bytes this request holds or will hold while in flight; counted against the connection's budget. */
     final long weight;
+    /** When the request was decoded, for the latency histogram. */
+    final long startNanos = System.nanoTime();
 
     private boolean ioDone;
     private ByteBuf reply;

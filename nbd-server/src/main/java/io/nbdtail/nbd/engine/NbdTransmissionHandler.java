@@ -20,7 +20,10 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 import java.io.IOException;
+import java.net.SocketAddress;
+import java.time.Instant;
 import java.util.ArrayDeque;
+import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.Executor;
 
 /**
@@ -55,6 +58,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
     private final long openedAtMillis = System.currentTimeMillis();
 
     private ChannelHandlerContext ctx;
+    private String id;
     private int inFlight;
     private long inFlightBytes;
     /** NBD_CMD_DISC seen: requests after it are ignored, the rest are answered, then the socket closes. */
@@ -109,9 +113,41 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         return openedAtMillis;
     }
 
+    /** A short id, unique among open connections, for listing and disconnecting. */
+    public String id() {
+        return id;
+    }
+
+    public SocketAddress remoteAddress() {
+        return ctx.channel().remoteAddress();
+    }
+
+    /** A consistent snapshot of this connection's counters, taken on its event loop. */
+    public CompletableFuture<ClientInfo> info() {
+        final CompletableFuture<ClientInfo> f = new CompletableFuture<>();
+        ctx.executor().execute(() -> f.complete(new ClientInfo(id, session.client(),
+            Instant.ofEpochMilli(openedAtMillis), bytesRead, bytesWritten, requests, inFlight + waiting.size())));
+        return f;
+    }
+
+    /** What {@link #info()} reports. */
+    public record ClientInfo(String id, String address, Instant since, long bytesRead, long bytesWritten,
+                             long requests, int inFlight) {
+    }
+
+    /**
+     * Disconnects this client from any thread: requests already read are answered first (see
+     * {@link #beginDrain()}).
+     */
+    public void disconnect() {
+        ctx.executor().execute(this::beginDrain);
+    }
+
     @Override
     public void handlerAdded(final ChannelHandlerContext ctx) {
         this.ctx = ctx;
+        this.id = ctx.channel().id().asShortText();
+        export.register(id, this);
         stats.onConnectionOpened();
         LOG.info("open client={} export={} flags=0x{} structured={} contexts={}", session.client(), export.name(),
             Integer.toHexString(session.transmissionFlags()), session.structuredReplies() ? "yes" : "no",
@@ -129,6 +165,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
             op.discard();
         }
         stats.onConnectionClosed();
+        export.unregister(id);
         LOG.info("close client={} export={} requests={} errors={} read={} written={} seconds={}", session.client(),
             export.name(), requests, errors, bytesRead, bytesWritten,
             (System.currentTimeMillis() - openedAtMillis) / 1000);
@@ -254,6 +291,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
     private void dispatch(final NbdOperation op) {
         inFlight++;
         inFlightBytes += op.weight;
+        stats.onDispatched();
         storage.execute(op);
     }
 
@@ -261,6 +299,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
     void complete(final NbdOperation op) {
         inFlight--;
         inFlightBytes -= op.weight;
+        stats.onCompleted(op.command(), System.nanoTime() - op.startNanos);
         if (closed) {
             op.discard();
         } else {

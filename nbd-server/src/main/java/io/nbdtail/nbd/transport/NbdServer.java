@@ -78,6 +78,11 @@ public final class NbdServer implements AutoCloseable {
         return limiter.connections();
     }
 
+    /** Connections closed at once because a connection cap was reached. */
+    public long refusedConnections() {
+        return limiter.refused();
+    }
+
     /** Binds a TCP listener; returns the bound address (useful with port 0). */
     public InetSocketAddress bind(final String host, final int port) throws InterruptedException {
         final ServerBootstrap bootstrap = bootstrap(false)

@@ -1,0 +1,243 @@
+package io.nbdtail.server;
+
+import io.nbdtail.nbd.access.AccessList;
+import io.nbdtail.nbd.engine.Export;
+import io.nbdtail.nbd.engine.ExportRegistry;
+import io.nbdtail.nbd.engine.NbdTransmissionHandler;
+import io.nbdtail.storage.StorageExecutor;
+import io.nbdtail.volume.Volume;
+import io.nbdtail.volume.VolumeException;
+import io.nbdtail.volume.VolumeMetadata;
+import io.nbdtail.volume.VolumeService;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import java.net.InetSocketAddress;
+import java.net.SocketAddress;
+import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * The volumes this server serves, and the only place that changes them while it runs: the daemon opens them at
+ * start, the control API creates, grows, deletes and restricts them. Also the {@link ExportRegistry} the NBD
+ * handshake asks, so access lists take effect on the next handshake.
+ *
+ * <p>Changes to one volume are serialised (a per-name lock); different volumes change independently, and
+ * nothing here holds a lock while an NBD request is served.
+ */
+public final class VolumeManager implements ExportRegistry, AutoCloseable {
+    private static final Logger LOG = LoggerFactory.getLogger(VolumeManager.class);
+
+    private final VolumeService volumes;
+    private final StorageExecutor storage;
+    private final boolean defaultAllow;
+    private final ConcurrentHashMap<String, Export> exports = new ConcurrentHashMap<>();
+    private final ConcurrentHashMap<String, String> unavailable = new ConcurrentHashMap<>();
+    private final ConcurrentHashMap<String, Object> locks = new ConcurrentHashMap<>();
+
+    /**
+     * @param defaultAllow the policy for volumes without an access list: allow every client, or none.
+     */
+    public VolumeManager(final VolumeService volumes, final StorageExecutor storage, final boolean defaultAllow) {
+        this.volumes = volumes;
+        this.storage = storage;
+        this.defaultAllow = defaultAllow;
+    }
+
+    public VolumeService volumes() {
+        return volumes;
+    }
+
+    public boolean defaultAllow() {
+        return defaultAllow;
+    }
+
+    private Object lock(final String name) {
+        return locks.computeIfAbsent(name, n -> new Object());
+    }
+
+    /**
+     * Opens every volume of the data directory. A volume locked by another process fails the start (two
+     * servers must never serve one volume); any other problem leaves that volume out and is reported in
+     * {@link #unavailable()}.
+     */
+    public void openAll() throws VolumeException {
+        for (final VolumeMetadata meta : volumes.list()) {
+            try {
+                open(meta.name());
+            } catch (final VolumeException e) {
+                if (e.code() == VolumeException.Code.LOCKED) {
+                    throw e;
+                }
+                LOG.error("volume {} is not served: {}", meta.name(), e.getMessage());
+                unavailable.put(meta.name(), e.getMessage());
+            }
+        }
+    }
+
+    private Export open(final String name) throws VolumeException {
+        final Volume volume = volumes.openVolume(name, storage);
+        try {
+            final Export export = Export.of(volume);
+            final List<String> acl = volumes.readAcl(name);
+            export.accessList(acl == null ? null : AccessList.parse(acl));
+            exports.put(name, export);
+            unavailable.remove(name);
+            return export;
+        } catch (final VolumeException | RuntimeException e) {
+            volume.close();
+            throw e;
+        }
+    }
+
+    /** Creates a volume and serves it at once. */
+    public Export create(final String name, final long size, final String devicePath, final String description,
+                         final boolean readOnly) throws VolumeException {
+        VolumeService.checkName(name);
+        synchronized (lock(name)) {
+            volumes.create(name, size, devicePath, description, readOnly);
+            return open(name);
+        }
+    }
+
+    public Export export(final String name) throws VolumeException {
+        VolumeService.checkName(name);
+        final Export export = exports.get(name);
+        if (export == null) {
+            final String why = unavailable.get(name);
+            if (why != null) {
+                throw new VolumeException(VolumeException.Code.CORRUPT, "volume '" + name + "' is not being served: "
+                    + why);
+            }
+            throw new VolumeException(VolumeException.Code.NOT_FOUND, "volume '" + name + "' not found; list the"
+                + " volumes with GET /v1/volumes");
+        }
+        return export;
+    }
+
+    public List<Export> all() {
+        final List<Export> list = new ArrayList<>(exports.values());
+        list.sort(Comparator.comparing(Export::name));
+        return list;
+    }
+
+    /** Volumes present in the data directory that could not be opened, with the reason. */
+    public Map<String, String> unavailable() {
+        return new TreeMap<>(unavailable);
+    }
+
+    /** Grows a file volume; new connections see the new size. */
+    public Export grow(final String name, final long size) throws VolumeException {
+        synchronized (lock(name)) {
+            final Export export = export(name);
+            volumes.grow(export.volume(), size);
+            return export;
+        }
+    }
+
+    /**
+     * Replaces the access list ({@code null}: back to the default policy) and disconnects clients that it no
+     * longer allows.
+     *
+     * @throws IllegalArgumentException if an entry is not a network.
+     */
+    public Export setAccessList(final String name, final List<String> allow) throws VolumeException {
+        synchronized (lock(name)) {
+            final Export export = export(name);
+            final AccessList list = allow == null ? null : AccessList.parse(allow);
+            volumes.writeAcl(name, list == null ? null : list.entries());
+            export.accessList(list);
+            for (final NbdTransmissionHandler connection : export.connections()) {
+                if (!allowed(export, connection.remoteAddress())) {
+                    LOG.info("disconnecting client={} export={}: no longer allowed by the access list",
+                        connection.remoteAddress(), name);
+                    connection.disconnect();
+                }
+            }
+            return export;
+        }
+    }
+
+    /**
+     * Stops serving a volume and deletes it.
+     *
+     * @param force disconnect connected clients first; without it, connected clients make this fail.
+     */
+    public void delete(final String name, final boolean force) throws VolumeException {
+        synchronized (lock(name)) {
+            final Export export = exports.get(name);
+            if (export == null) {
+                volumes.delete(name);
+                unavailable.remove(name);
+                return;
+            }
+            final List<NbdTransmissionHandler> connected = export.connections();
+            if (!connected.isEmpty() && !force) {
+                throw new VolumeException(VolumeException.Code.LOCKED, "volume '" + name + "' has " + connected.size()
+                    + " connected client(s); disconnect them first or delete with force=true");
+            }
+            // No new connections from here on, then let the connected ones finish and go.
+            exports.remove(name);
+            for (final NbdTransmissionHandler connection : connected) {
+                connection.disconnect();
+            }
+            final long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+            while (!export.connections().isEmpty() && System.nanoTime() < deadline) {
+                try {
+                    Thread.sleep(20);
+                } catch (final InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    break;
+                }
+            }
+            export.volume().close();
+            volumes.delete(name);
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------------ registry
+
+    @Override
+    public Export find(final String name, final SocketAddress client) {
+        Export export = exports.get(name);
+        if (export == null && name.isEmpty() && exports.size() == 1) {
+            // The empty name is the NBD default export: the only volume, when there is exactly one.
+            export = exports.values().iterator().next();
+        }
+        return export != null && allowed(export, client) ? export : null;
+    }
+
+    @Override
+    public List<Export> list(final SocketAddress client) {
+        final List<Export> list = new ArrayList<>();
+        for (final Export export : all()) {
+            if (allowed(export, client)) {
+                list.add(export);
+            }
+        }
+        return list;
+    }
+
+    /** Whether {@code client} may open {@code export}; a refused client is treated as if it did not exist. */
+    public boolean allowed(final Export export, final SocketAddress client) {
+        final AccessList list = export.accessList();
+        if (list != null) {
+            return list.allows(client);
+        }
+        return defaultAllow || !(client instanceof InetSocketAddress);
+    }
+
+    /** Syncs and closes every volume (after the NBD server has stopped). */
+    @Override
+    public void close() {
+        for (final Export export : exports.values()) {
+            export.volume().close();
+        }
+        exports.clear();
+    }
+}

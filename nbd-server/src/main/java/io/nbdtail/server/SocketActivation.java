@@ -3,7 +3,7 @@ package io.nbdtail.server;
 /**
  * systemd socket activation ({@code sd_listen_fds(3)}): when {@code LISTEN_PID} is this process and
  * {@code LISTEN_FDS} is at least 1, the listening socket is file descriptor 3. libnbd's
- * {@code nbdinfo [ CMD ]} uses the same protocol with a Unix-domain socket.
+ * {@code nbdinfo -- [ CMD ]} uses the same protocol with a Unix-domain socket.
  */
 public final class SocketActivation {
     /** The first inherited descriptor, by the protocol's definition. */

@@ -16,6 +16,7 @@ public final class Export {
     private final boolean readOnly;
     private final ExportStats stats = new ExportStats();
     private final ConcurrentHashMap<String, NbdTransmissionHandler> connections = new ConcurrentHashMap<>();
+    private final java.util.concurrent.atomic.AtomicLong connectionIds = new java.util.concurrent.atomic.AtomicLong();
     /** Who may open this export; {@code null} means the server's default policy. */
     private volatile AccessList accessList;
 
@@ -63,8 +64,11 @@ public final class Export {
         this.accessList = list;
     }
 
-    void register(final String id, final NbdTransmissionHandler connection) {
+    /** Registers a connection and returns its id, unique for this export's lifetime ("c1", "c2", ...). */
+    String register(final NbdTransmissionHandler connection) {
+        final String id = "c" + connectionIds.incrementAndGet();
         connections.put(id, connection);
+        return id;
     }
 
     void unregister(final String id) {

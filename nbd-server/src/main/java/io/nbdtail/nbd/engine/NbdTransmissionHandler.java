@@ -146,8 +146,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
     @Override
     public void handlerAdded(final ChannelHandlerContext ctx) {
         this.ctx = ctx;
-        this.id = ctx.channel().id().asShortText();
-        export.register(id, this);
+        this.id = export.register(this);
         stats.onConnectionOpened();
         LOG.info("open client={} export={} flags=0x{} structured={} contexts={}", session.client(), export.name(),
             Integer.toHexString(session.transmissionFlags()), session.structuredReplies() ? "yes" : "no",

@@ -31,7 +31,7 @@ public final class SimpleExportRegistry implements ExportRegistry {
      * {@inheritDoc}
      *
      * <p>The empty name is the NBD default export: when exactly one export exists, it is that one, so
-     * {@code nbdinfo [ nbdtail serve ... ]} and {@code nbd://host:port} work on a single-volume server. With
+     * {@code nbdinfo -- [ nbdtail serve ... ]} and {@code nbd://host:port} work on a single-volume server. With
      * several exports the empty name matches none.
      */
     @Override

@@ -96,7 +96,7 @@ public final class NbdServer implements AutoCloseable {
 
     /**
      * Serves on a listening socket inherited as file descriptor {@code fd} (systemd socket activation). TCP and
-     * Unix-domain sockets both work; {@code nbdinfo [ nbdtail serve ... ]} hands over a Unix one.
+     * Unix-domain sockets both work; {@code nbdinfo -- [ nbdtail serve ... ]} hands over a Unix one.
      */
     public SocketAddress serveInherited(final int fd) throws Exception {
         if (!epoll) {

@@ -21,11 +21,19 @@ final class ServeCommand implements Callable<Integer> {
         description = "Address to listen on (default 127.0.0.1:10809, or the configuration file's).")
     private String listen;
 
+    @Option(names = "--api-listen", paramLabel = "ADDR:PORT|off",
+        description = "Control API address (default 127.0.0.1:10810, or the configuration file's); off disables it.")
+    private String apiListen;
+
+    @Option(names = "--api-token-file", paramLabel = "FILE",
+        description = "Bearer token of the control API (default DATA/api-token, created with mode 0600 if missing).")
+    private Path apiTokenFile;
+
     @Option(names = "--config", paramLabel = "FILE", description = "JSON configuration file (see docs/operations.md).")
     private Path config;
 
     @Override
     public Integer call() {
-        return Daemon.run(dataDir.dataDir(), listen, config);
+        return Daemon.run(new Daemon.Options(dataDir.dataDir(), listen, apiListen, apiTokenFile, config));
     }
 }

@@ -96,7 +96,7 @@ class ServerLifecycleIT {
         // from parsing the server's options as its own.
         final Path launcher = Path.of("..", "bin", "nbdtail").toAbsolutePath().normalize();
         final List<String> cmd = new ArrayList<>(List.of("nbdinfo", "--json", "--", "[", launcher.toString(),
-            "serve", "--data-dir", data.toString(), "]"));
+            "serve", "--data-dir", data.toString(), "--api-listen", "off", "]"));
         // The only export is also the default one, so nbdinfo needs no export name.
         final ExternalTool.Result result = ExternalTool.run(Map.of(), 120, cmd.toArray(String[]::new))
             .assertSuccess();
@@ -111,7 +111,7 @@ class ServerLifecycleIT {
         final Path launcher = Path.of("..", "bin", "nbdtail").toAbsolutePath().normalize();
         // systemd-socket-activate binds the port and execs the server with it as fd 3 on the first connection.
         final Process activator = new ProcessBuilder("systemd-socket-activate", "-l", "127.0.0.1:" + port,
-            launcher.toString(), "serve", "--data-dir", data.toString()).redirectErrorStream(true)
+            launcher.toString(), "serve", "--data-dir", data.toString(), "--api-listen", "off").redirectErrorStream(true)
             .redirectOutput(dir.resolve("activate.log").toFile()).start();
         try {
             String size = "";

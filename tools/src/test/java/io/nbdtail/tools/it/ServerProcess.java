@@ -22,11 +22,13 @@ final class ServerProcess implements AutoCloseable {
     private final Process process;
     private final Path log;
     private final int port;
+    private final int apiPort;
 
-    private ServerProcess(final Process process, final Path log, final int port) {
+    private ServerProcess(final Process process, final Path log, final int port, final int apiPort) {
         this.process = process;
         this.log = log;
         this.port = port;
+        this.apiPort = apiPort;
     }
 
     /** The command prefix that runs the jar with the JVM flags of the build. */
@@ -63,11 +65,13 @@ final class ServerProcess implements AutoCloseable {
     /** Starts {@code nbdtail serve} and waits until it accepts connections. */
     static ServerProcess start(final Path dataDir, final Path log) throws Exception {
         final int port = freePort();
+        final int apiPort = freePort();
         final List<String> cmd = java();
-        cmd.addAll(List.of("serve", "--data-dir", dataDir.toString(), "--listen", "127.0.0.1:" + port));
+        cmd.addAll(List.of("serve", "--data-dir", dataDir.toString(), "--listen", "127.0.0.1:" + port,
+            "--api-listen", "127.0.0.1:" + apiPort));
         final Process p = new ProcessBuilder(cmd).redirectErrorStream(true)
             .redirectOutput(ProcessBuilder.Redirect.appendTo(log.toFile())).start();
-        final ServerProcess server = new ServerProcess(p, log, port);
+        final ServerProcess server = new ServerProcess(p, log, port, apiPort);
         server.awaitListening();
         return server;
     }
@@ -75,7 +79,8 @@ final class ServerProcess implements AutoCloseable {
     /** Starts a server that is expected to fail; returns its exit code. */
     static int runToExit(final Path dataDir, final Path log, final int port) throws Exception {
         final List<String> cmd = java();
-        cmd.addAll(List.of("serve", "--data-dir", dataDir.toString(), "--listen", "127.0.0.1:" + port));
+        cmd.addAll(List.of("serve", "--data-dir", dataDir.toString(), "--listen", "127.0.0.1:" + port,
+            "--api-listen", "off"));
         final Process p = new ProcessBuilder(cmd).redirectErrorStream(true)
             .redirectOutput(ProcessBuilder.Redirect.appendTo(log.toFile())).start();
         if (!p.waitFor(60, TimeUnit.SECONDS)) {
@@ -99,6 +104,11 @@ final class ServerProcess implements AutoCloseable {
             }
         }
         throw new AssertionError("server did not start listening; log:\n" + logText());
+    }
+
+    /** The control API's base URL. */
+    String apiUrl() {
+        return "http://127.0.0.1:" + apiPort;
     }
 
     String uri(final String export) {

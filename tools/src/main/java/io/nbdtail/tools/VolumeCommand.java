@@ -1,6 +1,5 @@
 package io.nbdtail.tools;
 
-import com.fasterxml.jackson.core.JsonGenerator;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.SerializationFeature;
 import com.fasterxml.jackson.databind.node.ArrayNode;
@@ -14,34 +13,45 @@ import picocli.CommandLine;
 import picocli.CommandLine.ArgGroup;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
 import picocli.CommandLine.Spec;
 
+import java.io.IOException;
 import java.io.PrintWriter;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Objects;
 import java.util.concurrent.Callable;
 
-/** {@code nbdtail volume ...}: offline volume management on a data directory that no server is serving. */
+/**
+ * {@code nbdtail volume ...}: volume management on a data directory. {@code create} and {@code delete} take the
+ * data directory's lock, so they refuse to run while a server serves it; {@code list} and {@code info} only
+ * read and work under a running server too.
+ */
 @Command(name = "volume", mixinStandardHelpOptions = true, description = "Create, list, inspect and delete volumes.",
     subcommands = {VolumeCommand.Create.class, VolumeCommand.ListVolumes.class, VolumeCommand.Info.class,
         VolumeCommand.Delete.class})
 final class VolumeCommand {
-    private static final ObjectMapper JSON = new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT)
-        .disable(JsonGenerator.Feature.AUTO_CLOSE_TARGET);
+    private static final ObjectMapper JSON = new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT);
 
     private VolumeCommand() {
     }
 
+    /** {@code volume create NAME --size SIZE | --device PATH [--description TEXT] [--read-only]}. */
     @Command(name = "create", mixinStandardHelpOptions = true,
         description = "Create a sparse file volume (--size) or register a block device (--device).")
     static final class Create implements Callable<Integer> {
         @Spec
-        private CommandLine.Model.CommandSpec spec;
+        private CommandSpec spec;
         @Mixin
         private DataDirOption dataDir;
-        @Parameters(index = "0", paramLabel = "NAME", description = "Volume name, also the NBD export name.")
+        @Parameters(index = "0", paramLabel = "NAME",
+            description = "Volume name, also the NBD export name: 1-128 of A-Z a-z 0-9 . _ -")
         private String name;
         @ArgGroup(exclusive = true, multiplicity = "1")
         private Source source;
@@ -50,72 +60,110 @@ final class VolumeCommand {
         @Option(names = "--read-only", description = "Serve the volume read-only.")
         private boolean readOnly;
 
+        /** Where the bytes live: exactly one of the two. */
         static final class Source {
-            @Option(names = "--size", paramLabel = "SIZE", description = "Size of a file volume: 20G, 512M, 1T ...",
-                required = true)
-            private String size;
-            @Option(names = "--device", paramLabel = "PATH", description = "An existing block device to register.",
-                required = true)
+            @Option(names = "--size", paramLabel = "SIZE", required = true, converter = SizeConverter.class,
+                description = "Size of a sparse file volume: bytes, or 512M, 20G, 2T (powers of 1024).")
+            private Long size;
+            @Option(names = "--device", paramLabel = "PATH", required = true,
+                description = "An existing block device to serve; its size is the volume's size.")
             private String device;
         }
 
         @Override
         public Integer call() throws Exception {
             final VolumeService service = VolumeService.open(dataDir.dataDir());
-            final long size = source.size != null ? Sizes.parse(source.size) : 0;
-            try (AutoCloseable ignored = service.lockDataDirectory()) {
-                final VolumeMetadata m = service.create(name, size, source.device, description, readOnly);
-                spec.commandLine().getOut().println("created volume " + m.name() + " (" + Sizes.format(m.size())
-                    + ", " + kind(m) + ")");
+            final VolumeMetadata m;
+            try (AutoCloseable ignored = lockForChange(service, "create volume '" + name + "'")) {
+                m = service.create(name, source.size != null ? source.size : 0, source.device, description,
+                    readOnly);
             }
+            spec.commandLine().getOut().println("created volume " + m.name() + ": " + Sizes.format(m.size()) + " "
+                + kind(m) + (m.readOnly() ? ", read-only" : "") + (m.devicePath() != null ? " on " + m.devicePath()
+                : ""));
             return 0;
         }
     }
 
+    /** {@code volume list [--json]}. */
     @Command(name = "list", mixinStandardHelpOptions = true, description = "List the volumes.")
     static final class ListVolumes implements Callable<Integer> {
         @Spec
-        private CommandLine.Model.CommandSpec spec;
+        private CommandSpec spec;
         @Mixin
         private DataDirOption dataDir;
-        @Option(names = "--json", description = "Print JSON for scripts.")
+        @Option(names = "--json", description = "Print a JSON array, for scripts.")
         private boolean json;
 
         @Override
         public Integer call() throws Exception {
             final VolumeService service = VolumeService.open(dataDir.dataDir());
-            final List<VolumeInfo> infos = new ArrayList<>();
-            for (final VolumeMetadata m : service.list()) {
-                infos.add(service.info(m.name()));
-            }
             final PrintWriter out = spec.commandLine().getOut();
+            final List<Row> rows = new ArrayList<>();
+            for (final VolumeMetadata m : service.list()) {
+                rows.add(Row.of(service, m));
+            }
             if (json) {
                 final ArrayNode array = JSON.createArrayNode();
-                infos.forEach(i -> array.add(toJson(i)));
+                rows.forEach(row -> array.add(row.toJson()));
                 out.println(JSON.writeValueAsString(array));
                 return 0;
             }
-            final List<String[]> rows = new ArrayList<>();
-            rows.add(new String[] {"NAME", "SIZE", "ALLOCATED", "KIND", "MODE", "DESCRIPTION"});
-            for (final VolumeInfo i : infos) {
-                final VolumeMetadata m = i.metadata();
-                rows.add(new String[] {m.name(), Sizes.format(m.size()), Sizes.format(i.allocatedBytes()), kind(m),
-                    m.readOnly() ? "ro" : "rw", m.description()});
+            if (rows.isEmpty()) {
+                out.println("no volumes in " + service.dataDir() + "; create one with: nbdtail volume create NAME"
+                    + " --size 20G --data-dir " + service.dataDir());
+                return 0;
             }
-            printTable(out, rows);
+            final List<String[]> table = new ArrayList<>();
+            table.add(new String[] {"NAME", "SIZE", "ALLOCATED", "KIND", "READ-ONLY", "DESCRIPTION"});
+            for (final Row row : rows) {
+                final VolumeMetadata m = row.metadata();
+                table.add(new String[] {m.name(), Sizes.format(m.size()),
+                    row.info() != null ? Sizes.format(row.info().allocatedBytes()) : "?", kind(m),
+                    m.readOnly() ? "yes" : "no", oneLine(m.description())});
+                if (row.error() != null) {
+                    spec.commandLine().getErr().println("nbdtail: " + row.error());
+                }
+            }
+            printTable(out, table);
             return 0;
         }
     }
 
+    /** One volume of the listing; {@code info} is {@code null} if it could not be inspected. */
+    private record Row(VolumeMetadata metadata, VolumeInfo info, String error) {
+        static Row of(final VolumeService service, final VolumeMetadata m) {
+            try {
+                return new Row(m, service.info(m.name()), null);
+            } catch (final VolumeException e) {
+                // Deleted since the listing, or its data is damaged: still list it, and say why it is partial.
+                return new Row(m, null, e.getMessage());
+            }
+        }
+
+        ObjectNode toJson() {
+            if (info != null) {
+                return VolumeCommand.toJson(info);
+            }
+            final ObjectNode node = VolumeCommand.toJson(metadata);
+            node.putNull("allocated");
+            node.putNull("path");
+            node.putNull("inUse");
+            node.put("error", error);
+            return node;
+        }
+    }
+
+    /** {@code volume info NAME [--json]}. */
     @Command(name = "info", mixinStandardHelpOptions = true, description = "Show everything about one volume.")
     static final class Info implements Callable<Integer> {
         @Spec
-        private CommandLine.Model.CommandSpec spec;
+        private CommandSpec spec;
         @Mixin
         private DataDirOption dataDir;
         @Parameters(index = "0", paramLabel = "NAME")
         private String name;
-        @Option(names = "--json", description = "Print JSON for scripts.")
+        @Option(names = "--json", description = "Print a JSON object, for scripts.")
         private boolean json;
 
         @Override
@@ -130,22 +178,23 @@ final class VolumeCommand {
             out.println("name:        " + m.name());
             out.println("id:          " + m.id());
             out.println("kind:        " + kind(m));
-            out.println("size:        " + m.size() + " (" + Sizes.format(m.size()) + ")");
-            out.println("allocated:   " + i.allocatedBytes() + " (" + Sizes.format(i.allocatedBytes()) + ")");
+            out.println("size:        " + m.size() + " bytes (" + Sizes.format(m.size()) + ")");
+            out.println("allocated:   " + i.allocatedBytes() + " bytes (" + Sizes.format(i.allocatedBytes()) + ")");
             out.println("path:        " + i.dataPath());
             out.println("read-only:   " + (m.readOnly() ? "yes" : "no"));
-            out.println("description: " + m.description());
+            out.println("description: " + oneLine(m.description()));
             out.println("created:     " + m.created());
             out.println("in use:      " + (i.inUse() ? "yes" : "no"));
             return 0;
         }
     }
 
+    /** {@code volume delete NAME}. */
     @Command(name = "delete", mixinStandardHelpOptions = true,
         description = "Delete a volume and its data. A registered block device is only unregistered, never erased.")
     static final class Delete implements Callable<Integer> {
         @Spec
-        private CommandLine.Model.CommandSpec spec;
+        private CommandSpec spec;
         @Mixin
         private DataDirOption dataDir;
         @Parameters(index = "0", paramLabel = "NAME")
@@ -154,32 +203,91 @@ final class VolumeCommand {
         @Override
         public Integer call() throws Exception {
             final VolumeService service = VolumeService.open(dataDir.dataDir());
-            try (AutoCloseable ignored = service.lockDataDirectory()) {
+            final String device;
+            try (AutoCloseable ignored = lockForChange(service, "delete volume '" + name + "'")) {
+                device = service.list().stream().filter(m -> m.name().equals(name)).map(VolumeMetadata::devicePath)
+                    .filter(Objects::nonNull).findFirst().orElse(null);
                 service.delete(name);
             }
-            spec.commandLine().getOut().println("deleted volume " + name);
+            spec.commandLine().getOut().println("deleted volume " + name + (device != null ? " (device " + device
+                + " was not touched)" : ""));
             return 0;
         }
+    }
+
+    /** Parses {@code --size} with {@link Sizes#parse}, so that a malformed size is a usage error (exit 2). */
+    static final class SizeConverter implements CommandLine.ITypeConverter<Long> {
+        @Override
+        public Long convert(final String value) {
+            try {
+                return Sizes.parse(value);
+            } catch (final IllegalArgumentException e) {
+                throw new CommandLine.TypeConversionException(e.getMessage());
+            }
+        }
+    }
+
+    /**
+     * Takes the data directory lock for a change. Whoever holds it is a server (whose control API makes the
+     * change instead) or another volume command (which will be done in a moment).
+     */
+    private static AutoCloseable lockForChange(final VolumeService service, final String action)
+        throws VolumeException {
+        try {
+            return service.lockDataDirectory();
+        } catch (final VolumeException e) {
+            if (e.code() != VolumeException.Code.LOCKED) {
+                throw e;
+            }
+            throw new VolumeException(VolumeException.Code.LOCKED, "cannot " + action + ": data directory "
+                + service.dataDir() + " is locked by nbdtail " + holder(service.dataDir()) + ", a running server or"
+                + " another volume command; stop the server or use the server's control API, or retry when the"
+                + " other command has finished", e);
+        }
+    }
+
+    /** "pid N" from {@code DATA/nbdtail.lock}, which is informational only. */
+    private static String holder(final Path dataDir) {
+        try {
+            final String text = Files.readString(dataDir.resolve("nbdtail.lock"), StandardCharsets.US_ASCII).strip();
+            if (text.matches("pid=\\d+")) {
+                return "pid " + text.substring(4);
+            }
+        } catch (final IOException e) {
+            // Say less rather than fail over it.
+        }
+        return "(pid unknown)";
     }
 
     private static String kind(final VolumeMetadata m) {
         return m.kind() == VolumeMetadata.Kind.FILE ? "file" : "device";
     }
 
+    /** The fields of {@code volume info --json}; {@code volume list --json} prints an array of them. */
     static ObjectNode toJson(final VolumeInfo i) {
-        final VolumeMetadata m = i.metadata();
+        final ObjectNode node = toJson(i.metadata());
+        node.put("allocated", i.allocatedBytes());
+        node.put("path", i.dataPath().toString());
+        node.put("inUse", i.inUse());
+        return node;
+    }
+
+    private static ObjectNode toJson(final VolumeMetadata m) {
         final ObjectNode node = JSON.createObjectNode();
         node.put("name", m.name());
         node.put("id", m.id().toString());
-        node.put("kind", kind(m));
+        node.put("kind", m.kind().name());
         node.put("size", m.size());
-        node.put("allocated", i.allocatedBytes());
-        node.put("path", i.dataPath().toString());
+        node.put("devicePath", m.devicePath());
         node.put("readOnly", m.readOnly());
         node.put("description", m.description());
         node.put("created", m.created().toString());
-        node.put("inUse", i.inUse());
         return node;
+    }
+
+    /** Control characters (a newline in a description) would break the table's lines. */
+    private static String oneLine(final String text) {
+        return text.replaceAll("\\p{Cntrl}", " ");
     }
 
     private static void printTable(final PrintWriter out, final List<String[]> rows) {
@@ -192,7 +300,10 @@ final class VolumeCommand {
         for (final String[] row : rows) {
             final StringBuilder line = new StringBuilder();
             for (int c = 0; c < row.length; c++) {
-                line.append(c == row.length - 1 ? row[c] : String.format("%-" + (widths[c] + 2) + "s", row[c]));
+                line.append(row[c]);
+                if (c < row.length - 1) {
+                    line.append(" ".repeat(widths[c] - row[c].length() + 2));
+                }
             }
             out.println(line.toString().stripTrailing());
         }

@@ -122,10 +122,10 @@ public final class FlushCoordinator implements Runnable {
                 failureListener.onSyncFailed(failure);
             }
             final int n = batch.size();
+            waitersServed.add(n);
             for (int i = 0; i < n; i++) {
                 batch.get(i).onFlushed(failure);
             }
-            waitersServed.add(n);
             batch.clear();
             synchronized (lock) {
                 spare = batch;

@@ -23,6 +23,15 @@ public interface BlockDevice extends AutoCloseable {
     void write(ByteBuffer src, long offset) throws StorageException;
 
     /**
+     * Reads exactly {@code length} bytes at {@code offset} into native memory at {@code address}. The hot path
+     * of the NBD server: no {@link ByteBuffer} view is needed, so nothing is allocated per call.
+     */
+    void read(long address, int length, long offset) throws StorageException;
+
+    /** Writes {@code length} bytes of native memory at {@code address} to {@code offset}. */
+    void write(long address, int length, long offset) throws StorageException;
+
+    /**
      * Makes the range read as zeros.
      *
      * @param mayUnmap {@code true} if the space may be released (a hole), {@code false} to keep it allocated.

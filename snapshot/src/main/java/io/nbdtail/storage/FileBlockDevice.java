@@ -139,6 +139,37 @@ public final class FileBlockDevice implements BlockDevice {
     }
 
     @Override
+    public void read(final long address, final int length, final long offset) throws StorageException {
+        int done = 0;
+        try {
+            while (done < length) {
+                final int n = nativeIo.pread(fd, address + done, length - done, offset + done);
+                if (n == 0) {
+                    // Past the end of a file shorter than the volume: those bytes read as zeros.
+                    java.lang.foreign.MemorySegment.ofAddress(address + done).reinterpret(length - done)
+                        .fill((byte) 0);
+                    return;
+                }
+                done += n;
+            }
+        } catch (final NativeIoException e) {
+            throw StorageException.of("read at offset=" + (offset + done) + " in " + path, e);
+        }
+    }
+
+    @Override
+    public void write(final long address, final int length, final long offset) throws StorageException {
+        int done = 0;
+        try {
+            while (done < length) {
+                done += nativeIo.pwrite(fd, address + done, length - done, offset + done);
+            }
+        } catch (final NativeIoException e) {
+            throw StorageException.of("write at offset=" + (offset + done) + " in " + path, e);
+        }
+    }
+
+    @Override
     public void writeZeroes(final long offset, final long length, final boolean mayUnmap, final boolean fastOnly)
         throws StorageException {
         if (length == 0) {

@@ -1,7 +1,7 @@
 package io.nbdtail.storage;
 
+import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.Executor;
-import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.ThreadFactory;
 import java.util.concurrent.ThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
@@ -9,10 +9,16 @@ import java.util.concurrent.atomic.AtomicInteger;
 
 /**
  * The threads that do disc I/O. A fixed pool of platform threads: a blocking {@code pread} or {@code fdatasync}
- * holds its thread, and the queue in front of it is bounded in practice by the per-connection in-flight limits
- * of the NBD server, not here.
+ * holds its thread.
+ *
+ * <p>The queue is an array, so queuing a task allocates nothing. It is bounded in practice by the NBD server's
+ * per-connection in-flight limits (connections x requests); should it ever fill, the task runs on a virtual
+ * thread of its own rather than blocking or failing the caller, which is usually an event loop.
  */
 public final class StorageExecutor implements Executor, AutoCloseable {
+    /** Queue capacity: far above maxConnections x maxInFlightRequests with the default limits. */
+    private static final int QUEUE_CAPACITY = 1 << 18;
+
     private final ThreadPoolExecutor pool;
 
     public StorageExecutor(final int threads) {
@@ -25,8 +31,13 @@ public final class StorageExecutor implements Executor, AutoCloseable {
             t.setDaemon(true);
             return t;
         };
-        pool = new ThreadPoolExecutor(threads, threads, 0, TimeUnit.MILLISECONDS, new LinkedBlockingQueue<>(),
-            factory);
+        pool = new ThreadPoolExecutor(threads, threads, 0, TimeUnit.MILLISECONDS,
+            new ArrayBlockingQueue<>(QUEUE_CAPACITY), factory, (task, executor) -> {
+                if (!executor.isShutdown()) {
+                    Thread.ofVirtual().name("nbdtail-io-overflow").start(task);
+                }
+            });
+        pool.prestartAllCoreThreads();
     }
 
     @Override

@@ -95,6 +95,21 @@ public final class Volume implements AutoCloseable {
         }
     }
 
+    /** Reads into native memory; see {@link BlockDevice#read(long, int, long)}. */
+    public void read(final long address, final int length, final long offset) throws StorageException {
+        device.read(address, length, offset);
+    }
+
+    /** Writes from native memory; see {@link BlockDevice#write(long, int, long)}. */
+    public void write(final long address, final int length, final long offset) throws StorageException {
+        checkWritable();
+        try {
+            device.write(address, length, offset);
+        } catch (final StorageException e) {
+            throw failIfIoError(e);
+        }
+    }
+
     public void writeZeroes(final long offset, final long length, final boolean mayUnmap, final boolean fastOnly)
         throws StorageException {
         checkWritable();

@@ -60,6 +60,14 @@ class FlushCoordinatorTest {
         }
 
         @Override
+        public void read(final long address, final int length, final long offset) {
+        }
+
+        @Override
+        public void write(final long address, final int length, final long offset) {
+        }
+
+        @Override
         public void writeZeroes(final long offset, final long length, final boolean mayUnmap, final boolean fastOnly) {
         }
 

@@ -79,7 +79,7 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
                 offset = in.readLong();
                 length = in.readUnsignedInt();
                 if (type != NbdCommand.WRITE.type() || length == 0) {
-                    out.add(new NbdRequest(flags, type, cookie, offset, length, null, false));
+                    out.add(NbdRequest.newInstance(flags, type, cookie, offset, length, null, false));
                     return;
                 }
                 if (length > maxPayload) {
@@ -89,7 +89,7 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
                         throw new NbdProtocolException("WRITE payload of " + length + " bytes exceeds "
                             + maxDiscard + " bytes");
                     }
-                    out.add(new NbdRequest(flags, type, cookie, offset, length, null, true));
+                    out.add(NbdRequest.newInstance(flags, type, cookie, offset, length, null, true));
                     discardRemaining = length;
                     state = State.DISCARD_PAYLOAD;
                     return;
@@ -102,7 +102,7 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
                 }
                 final ByteBuf payload = in.readRetainedSlice((int) length);
                 state = State.READ_HEADER;
-                out.add(new NbdRequest(flags, type, cookie, offset, length, payload, false));
+                out.add(NbdRequest.newInstance(flags, type, cookie, offset, length, payload, false));
                 return;
             case DISCARD_PAYLOAD:
                 final int skip = (int) Math.min(in.readableBytes(), discardRemaining);

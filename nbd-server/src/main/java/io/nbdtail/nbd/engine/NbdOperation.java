@@ -11,6 +11,7 @@ import io.nbdtail.storage.StorageException;
 import io.nbdtail.volume.Volume;
 import io.netty.buffer.ByteBuf;
 import io.netty.buffer.ByteBufAllocator;
+import io.netty.util.Recycler;
 
 import java.nio.ByteBuffer;
 
@@ -21,26 +22,60 @@ import java.nio.ByteBuffer;
  *
  * <p>Ownership: the WRITE payload belongs to the operation from dispatch until the write returns, and is
  * released on the storage thread. The reply buffer belongs to the operation until the handler writes it.
+ *
+ * <p>Operations and their requests are pooled: taken and returned on the connection's event loop (by
+ * {@link NbdTransmissionHandler}), so the steady-state READ and WRITE paths allocate nothing on the heap.
  */
 final class NbdOperation implements Runnable, FlushWaiter {
-    private final NbdTransmissionHandler handler;
-    private final NbdRequest request;
-    private final NbdCommand command;
+    private static final Recycler<NbdOperation> RECYCLER = new Recycler<>() {
+        @Override
+        protected NbdOperation newObject(final Handle<NbdOperation> handle) {
+            return new NbdOperation(handle);
+        }
+    };
+    /** Extent scratch space of each storage thread: reads and block status need it only during the I/O. */
+    private static final ThreadLocal<Extents> EXTENTS = new ThreadLocal<>();
+
+    private final Recycler.Handle<NbdOperation> handle;
+    private NbdTransmissionHandler handler;
+    private NbdRequest request;
+    private NbdCommand command;
     /** Bytes this request holds or will hold while in flight; counted against the connection's budget. */
-    final long weight;
+    long weight;
     /** When the request was decoded, for the latency histogram. */
-    final long startNanos = System.nanoTime();
+    long startNanos;
 
     private boolean ioDone;
     private ByteBuf reply;
     private NbdError error;
     private String errorMessage;
 
-    NbdOperation(final NbdTransmissionHandler handler, final NbdRequest request, final NbdCommand command) {
-        this.handler = handler;
-        this.request = request;
-        this.command = command;
-        this.weight = command == NbdCommand.READ || command == NbdCommand.WRITE ? request.length() : 0;
+    private NbdOperation(final Recycler.Handle<NbdOperation> handle) {
+        this.handle = handle;
+    }
+
+    static NbdOperation newInstance(final NbdTransmissionHandler handler, final NbdRequest request,
+                                    final NbdCommand command) {
+        final NbdOperation op = RECYCLER.get();
+        op.handler = handler;
+        op.request = request;
+        op.command = command;
+        op.weight = command == NbdCommand.READ || command == NbdCommand.WRITE ? request.length() : 0;
+        op.startNanos = System.nanoTime();
+        op.ioDone = false;
+        op.reply = null;
+        op.error = null;
+        op.errorMessage = null;
+        return op;
+    }
+
+    /** Returns the request and this operation to their pools; call on the event loop, once, at the very end. */
+    void recycle() {
+        final NbdRequest r = request;
+        request = null;
+        handler = null;
+        r.recycle();
+        handle.recycle(this);
     }
 
     NbdRequest request() {
@@ -66,14 +101,14 @@ final class NbdOperation implements Runnable, FlushWaiter {
         return r;
     }
 
-    /** Releases whatever the operation still holds; for a connection that closed before completion. */
+    /** Releases whatever the operation still holds and recycles it; for a connection that closed first. */
     void discard() {
-        request.release();
         final ByteBuf r = reply;
         reply = null;
         if (r != null) {
             r.release();
         }
+        recycle();
     }
 
     @Override
@@ -169,6 +204,10 @@ final class NbdOperation implements Runnable, FlushWaiter {
         if (payload == null) {
             return;
         }
+        if (payload.hasMemoryAddress()) {
+            volume.write(payload.memoryAddress() + payload.readerIndex(), payload.readableBytes(), offset);
+            return;
+        }
         if (payload.nioBufferCount() == 1) {
             volume.write(payload.nioBuffer(), offset);
             return;
@@ -203,8 +242,7 @@ final class NbdOperation implements Runnable, FlushWaiter {
         if (length == 0) {
             return NbdReplies.done(alloc, cookie);
         }
-        final Extents extents = new Extents(request.hasFlag(NbdConstants.CMD_FLAG_DF) ? 1
-            : handler.config().maxReadChunks);
+        final Extents extents = extents(request.hasFlag(NbdConstants.CMD_FLAG_DF) ? 1 : handler.config().maxReadChunks);
         if (extents.capacity() > 1) {
             volume.allocation(offset, length, extents, extents.capacity());
         }
@@ -239,14 +277,29 @@ final class NbdOperation implements Runnable, FlushWaiter {
     private static void readInto(final Volume volume, final ByteBuf buf, final long offset, final int length)
         throws StorageException {
         final int at = buf.writerIndex();
-        volume.read(buf.nioBuffer(at, length), offset);
+        if (buf.hasMemoryAddress()) {
+            volume.read(buf.memoryAddress() + at, length, offset);
+        } else {
+            volume.read(buf.nioBuffer(at, length), offset);
+        }
         buf.writerIndex(at + length);
+    }
+
+    /** This storage thread's extent scratch space, emptied, with room for {@code limit} extents. */
+    private static Extents extents(final int limit) {
+        Extents e = EXTENTS.get();
+        if (e == null || e.lengths.length < limit) {
+            e = new Extents(limit);
+            EXTENTS.set(e);
+        }
+        e.reset(limit);
+        return e;
     }
 
     /** One BLOCK_STATUS chunk for {@code base:allocation}, the only context served so far. */
     private ByteBuf blockStatus(final Volume volume, final long offset, final long length) throws StorageException {
         final int max = request.hasFlag(NbdConstants.CMD_FLAG_REQ_ONE) ? 1 : handler.config().maxBlockStatusExtents;
-        final Extents extents = new Extents(max);
+        final Extents extents = extents(max);
         volume.allocation(offset, length, extents, max);
         if (extents.count == 0) {
             throw new StorageException(StorageException.Kind.IO_ERROR, "no allocation information at offset "
@@ -264,20 +317,28 @@ final class NbdOperation implements Runnable, FlushWaiter {
         return buf;
     }
 
-    /** Collects extents, merging neighbours with equal flags. */
+    /** Collects extents, merging neighbours with equal flags. Reused by one storage thread. */
     private static final class Extents implements ExtentSink {
         final long[] lengths;
         final int[] flags;
+        int limit;
         int count;
         long covered;
 
         Extents(final int capacity) {
             lengths = new long[capacity];
             flags = new int[capacity];
+            limit = capacity;
+        }
+
+        void reset(final int newLimit) {
+            limit = newLimit;
+            count = 0;
+            covered = 0;
         }
 
         int capacity() {
-            return lengths.length;
+            return limit;
         }
 
         boolean isHole(final int i) {
@@ -291,7 +352,7 @@ final class NbdOperation implements Runnable, FlushWaiter {
                 lengths[count - 1] += length;
                 return;
             }
-            if (count == lengths.length) {
+            if (count == limit) {
                 return;
             }
             lengths[count] = length;
@@ -310,7 +371,7 @@ final class NbdOperation implements Runnable, FlushWaiter {
             }
             if (count > 0 && flags[count - 1] == 0) {
                 lengths[count - 1] += total - sum;
-            } else if (count < lengths.length) {
+            } else if (count < limit) {
                 lengths[count] = total - sum;
                 flags[count] = 0;
                 count++;

@@ -178,13 +178,14 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
             return;
         }
         if (disconnecting || closed) {
-            request.release();
+            request.recycle();
             return;
         }
         requests++;
         final NbdCommand command = request.command();
         stats.onRequest(command);
         if (command == NbdCommand.DISC) {
+            request.recycle();
             disconnecting = true;
             ctx.channel().config().setAutoRead(false);
             closeWhenIdle();
@@ -193,11 +194,12 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         final NbdError error = validate(request, command);
         if (error != null) {
             final String message = describe(request, command, error);
-            request.release();
-            replyError(request.cookie(), command, error, message);
+            final long cookie = request.cookie();
+            request.recycle();
+            replyError(cookie, command, error, message);
             return;
         }
-        final NbdOperation op = new NbdOperation(this, request, command);
+        final NbdOperation op = NbdOperation.newInstance(this, request, command);
         if (waiting.isEmpty() && canDispatch(op)) {
             dispatch(op);
         } else {
@@ -318,6 +320,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
                     ctx.voidPromise());
                 scheduleFlush();
             }
+            op.recycle();
         }
         dispatchWaiting();
         updateAutoRead();

@@ -1,6 +1,7 @@
 package io.nbdtail.nbd.protocol;
 
 import io.netty.buffer.ByteBuf;
+import io.netty.util.Recycler;
 import io.netty.util.ReferenceCountUtil;
 
 /**
@@ -26,6 +27,10 @@ import io.netty.util.ReferenceCountUtil;
  * <p>A WRITE carries its payload as a retained slice of the decoder's buffer: whoever consumes the request owns
  * that reference and must {@link #release()} it. A WRITE longer than the server accepts arrives with
  * {@link #payloadDropped()} set and no payload: the decoder has skipped (not buffered) its bytes.
+ *
+ * <p>Requests made by {@link #newInstance} come from a pool: the consumer calls {@link #recycle()} once it is
+ * completely done with one (on the same event loop), and must not touch it afterwards. Requests made with the
+ * constructor are not pooled; {@code recycle()} then only releases the payload.
  */
 public final class NbdRequest {
     public static final int MAGIC_OFFSET = 0;
@@ -35,16 +40,42 @@ public final class NbdRequest {
     public static final int OFFSET_OFFSET = 16;
     public static final int LENGTH_OFFSET = 24;
 
-    private final int flags;
-    private final int type;
-    private final long cookie;
-    private final long offset;
-    private final long length;
+    private static final Recycler<NbdRequest> RECYCLER = new Recycler<>() {
+        @Override
+        protected NbdRequest newObject(final Handle<NbdRequest> handle) {
+            return new NbdRequest(handle);
+        }
+    };
+
+    private final Recycler.Handle<NbdRequest> handle;
+    private int flags;
+    private int type;
+    private long cookie;
+    private long offset;
+    private long length;
     private ByteBuf payload;
-    private final boolean payloadDropped;
+    private boolean payloadDropped;
+
+    private NbdRequest(final Recycler.Handle<NbdRequest> handle) {
+        this.handle = handle;
+    }
 
     public NbdRequest(final int flags, final int type, final long cookie, final long offset, final long length,
                       final ByteBuf payload, final boolean payloadDropped) {
+        this.handle = null;
+        set(flags, type, cookie, offset, length, payload, payloadDropped);
+    }
+
+    /** A pooled request; see {@link #recycle()}. */
+    public static NbdRequest newInstance(final int flags, final int type, final long cookie, final long offset,
+                                         final long length, final ByteBuf payload, final boolean payloadDropped) {
+        final NbdRequest request = RECYCLER.get();
+        request.set(flags, type, cookie, offset, length, payload, payloadDropped);
+        return request;
+    }
+
+    private void set(final int flags, final int type, final long cookie, final long offset, final long length,
+                     final ByteBuf payload, final boolean payloadDropped) {
         this.flags = flags;
         this.type = type;
         this.cookie = cookie;
@@ -52,6 +83,14 @@ public final class NbdRequest {
         this.length = length;
         this.payload = payload;
         this.payloadDropped = payloadDropped;
+    }
+
+    /** Releases the payload, if still owned, and returns a pooled request to its pool. */
+    public void recycle() {
+        release();
+        if (handle != null) {
+            handle.recycle(this);
+        }
     }
 
     /** Command flags, 16 bits. */

@@ -9,7 +9,10 @@ import jnr.ffi.annotations.SaveError;
 import jnr.ffi.annotations.Transient;
 import jnr.ffi.byref.IntByReference;
 import jnr.ffi.byref.LongLongByReference;
+import jnr.ffi.types.intptr_t;
 import jnr.ffi.types.off_t;
+import jnr.ffi.types.size_t;
+import jnr.ffi.types.ssize_t;
 
 /**
  * {@link NativeIo} through JNR-FFI (libc).
@@ -64,6 +67,13 @@ final class JnrNativeIo implements NativeIo {
 
         @SaveError
         int fdatasync(int fd);
+
+        /** The buffer is raw native memory passed as an address: no marshalling, no copy, no allocation. */
+        @SaveError
+        @ssize_t long pread(int fd, @intptr_t long buffer, @size_t long count, @off_t long offset);
+
+        @SaveError
+        @ssize_t long pwrite(int fd, @intptr_t long buffer, @size_t long count, @off_t long offset);
 
         @SaveError
         int getsockopt(int fd, int level, int name, @Out IntByReference value, IntByReference length);
@@ -192,6 +202,34 @@ final class JnrNativeIo implements NativeIo {
         range.putLong(8, length);
         if (libc.ioctl(fd, request, range) != 0) {
             throw error(call, "fd=" + fd + ", offset=" + offset + ", length=" + length);
+        }
+    }
+
+    @Override
+    public int pread(final int fd, final long address, final int length, final long offset)
+        throws NativeIoException {
+        while (true) {
+            final long n = libc.pread(fd, address, length, offset);
+            if (n >= 0) {
+                return (int) n;
+            }
+            if (runtime.getLastError() != EINTR) {
+                throw error("pread", "fd=" + fd + ", length=" + length + ", offset=" + offset);
+            }
+        }
+    }
+
+    @Override
+    public int pwrite(final int fd, final long address, final int length, final long offset)
+        throws NativeIoException {
+        while (true) {
+            final long n = libc.pwrite(fd, address, length, offset);
+            if (n >= 0) {
+                return (int) n;
+            }
+            if (runtime.getLastError() != EINTR) {
+                throw error("pwrite", "fd=" + fd + ", length=" + length + ", offset=" + offset);
+            }
         }
     }
 

@@ -103,6 +103,20 @@ public interface NativeIo {
     /** {@code ioctl(fd, BLKZEROOUT, {offset, length})} on a block device. */
     void blockZeroOut(int fd, long offset, long length) throws NativeIoException;
 
+    /**
+     * {@code pread(fd, address, length, offset)} into native memory at {@code address}.
+     *
+     * @return bytes read; 0 at end of file. Interrupted calls are retried.
+     */
+    int pread(int fd, long address, int length, long offset) throws NativeIoException;
+
+    /**
+     * {@code pwrite(fd, address, length, offset)} from native memory at {@code address}.
+     *
+     * @return bytes written (possibly fewer than asked). Interrupted calls are retried.
+     */
+    int pwrite(int fd, long address, int length, long offset) throws NativeIoException;
+
     /** {@code fdatasync(fd)}. */
     void fdatasync(int fd) throws NativeIoException;
 

@@ -33,9 +33,13 @@ final class JnrNativeIo implements NativeIo {
     private static final long BLKGETSIZE64 = 0x80081272L;
     private static final long BLKDISCARD = 0x1277L;
     private static final long BLKZEROOUT = 0x127fL;
-    /** {@code struct stat} on x86_64 glibc: 144 bytes, {@code st_mode} a 32-bit field at offset 24. */
+    /** glibc's {@code struct stat} is 144 bytes on x86_64 (128 on aarch64); the buffer leaves headroom. */
     private static final int STAT_SIZE = 256;
-    private static final int ST_MODE_OFFSET = 24;
+    private static final boolean AARCH64 = "aarch64".equals(System.getProperty("os.arch"));
+    /** {@code st_mode} (32 bits) follows dev, ino and nlink on x86_64 but only dev and ino on aarch64. */
+    private static final int ST_MODE_OFFSET = AARCH64 ? 16 : 24;
+    /** {@code _STAT_VER} for {@code __fxstat}, the only fstat entry point of glibc before 2.33. */
+    private static final int STAT_VER = AARCH64 ? 0 : 1;
     private static final int S_IFMT = 0170000;
     private static final int S_IFBLK = 0060000;
 
@@ -78,18 +82,34 @@ final class JnrNativeIo implements NativeIo {
         @SaveError
         int getsockopt(int fd, int level, int name, @Out IntByReference value, IntByReference length);
 
+        /** A real symbol since glibc 2.33; older ones export only {@link #__fxstat}. */
         @SaveError
         int fstat(int fd, @Out @Transient Pointer stat);
+
+        @SaveError
+        int __fxstat(int version, int fd, @Out @Transient Pointer stat);
 
         String strerror(int errno);
     }
 
     private final LibC libc;
     private final Runtime runtime;
+    private final boolean hasFstat;
 
     private JnrNativeIo() {
         libc = LibraryLoader.create(LibC.class).load("c");
         runtime = Runtime.getRuntime(libc);
+        hasFstat = resolves(() -> libc.fstat(-1, Memory.allocateDirect(runtime, STAT_SIZE)));
+    }
+
+    /** JNR binds a missing symbol to a stub that throws {@link UnsatisfiedLinkError} when called. */
+    private static boolean resolves(final Runnable call) {
+        try {
+            call.run();
+            return true;
+        } catch (final UnsatisfiedLinkError e) {
+            return false;
+        }
     }
 
     private NativeIoException error(final String call, final String detail) {
@@ -253,7 +273,8 @@ final class JnrNativeIo implements NativeIo {
     @Override
     public boolean isBlockDevice(final int fd) throws NativeIoException {
         final Pointer stat = Memory.allocateDirect(runtime, STAT_SIZE);
-        if (libc.fstat(fd, stat) != 0) {
+        final int rc = hasFstat ? libc.fstat(fd, stat) : libc.__fxstat(STAT_VER, fd, stat);
+        if (rc != 0) {
             throw error("fstat", "fd=" + fd);
         }
         return (stat.getInt(ST_MODE_OFFSET) & S_IFMT) == S_IFBLK;

@@ -522,8 +522,8 @@ public final class ApiServer implements AutoCloseable {
         return new Reply(204, null, "application/json");
     }
 
-    /** Body of PUT /v1/volumes/{name}/acl. */
-    private record SetAcl(List<String> allow) {
+    /** Body of PUT /v1/volumes/{name}/acl; {@code effectiveDefault} is accepted and ignored so a GET can be echoed. */
+    private record SetAcl(List<String> allow, String effectiveDefault) {
     }
 
     private Reply setAcl(final Request request) throws Exception {

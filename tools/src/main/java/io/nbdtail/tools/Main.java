@@ -1,5 +1,10 @@
 package io.nbdtail.tools;
 
+import io.nbdtail.tools.online.AclCommand;
+import io.nbdtail.tools.online.ClientsCommand;
+import io.nbdtail.tools.online.CompletionCommand;
+import io.nbdtail.tools.online.OperationCommand;
+import io.nbdtail.tools.online.StatusCommand;
 import io.nbdtail.volume.VolumeException;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
@@ -11,14 +16,17 @@ import java.io.UncheckedIOException;
 import java.util.Properties;
 
 /**
- * {@code nbdtail}: the server ({@code serve}) and the offline tools on a data directory ({@code volume}).
+ * {@code nbdtail}: the server ({@code serve}); volume management offline on a data directory
+ * ({@code volume ... --data-dir DIR}) or online through a running server's control API ({@code status},
+ * {@code volume}, {@code clients}, {@code acl}, {@code operation}); and {@code completion} for bash.
  *
  * <p>Exit codes: 0 success, 1 failure (one line on stderr saying what was wrong and what to do; the stack trace
  * only with {@code NBDTAIL_DEBUG=1}), 2 bad usage (picocli's message and the usage help).
  */
 @Command(name = "nbdtail", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
     description = "Block-storage server for tails: serves volumes to qemu over NBD.",
-    subcommands = {ServeCommand.class, VolumeCommand.class, CommandLine.HelpCommand.class})
+    subcommands = {ServeCommand.class, VolumeCommand.class, StatusCommand.class, ClientsCommand.class,
+        AclCommand.class, OperationCommand.class, CompletionCommand.class, CommandLine.HelpCommand.class})
 public final class Main {
     /** The exit code of a command that ran and failed. */
     public static final int EXIT_FAILED = 1;

@@ -4,6 +4,10 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.SerializationFeature;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import io.nbdtail.tools.online.GrowCommand;
+import io.nbdtail.tools.online.OnlineVolume;
+import io.nbdtail.tools.online.ScrubCommand;
+import io.nbdtail.tools.online.ServerOptions;
 import io.nbdtail.volume.Sizes;
 import io.nbdtail.volume.VolumeException;
 import io.nbdtail.volume.VolumeInfo;
@@ -29,13 +33,16 @@ import java.util.Objects;
 import java.util.concurrent.Callable;
 
 /**
- * {@code nbdtail volume ...}: volume management on a data directory. {@code create} and {@code delete} take the
- * data directory's lock, so they refuse to run while a server serves it; {@code list} and {@code info} only
- * read and work under a running server too.
+ * {@code nbdtail volume ...}: volume management. With a data directory ({@code --data-dir} or
+ * {@code $NBDTAIL_DATA_DIR}) the commands work on it directly: {@code create} and {@code delete} take the data
+ * directory's lock, so they refuse to run while a server serves it; {@code list} and {@code info} only read and
+ * work under a running server too. Without one they go through a running server's control API
+ * ({@link OnlineVolume}); {@code grow} and {@code scrub} only exist online.
  */
-@Command(name = "volume", mixinStandardHelpOptions = true, description = "Create, list, inspect and delete volumes.",
+@Command(name = "volume", mixinStandardHelpOptions = true,
+    description = "Create, list, inspect, grow, scrub and delete volumes.",
     subcommands = {VolumeCommand.Create.class, VolumeCommand.ListVolumes.class, VolumeCommand.Info.class,
-        VolumeCommand.Delete.class})
+        VolumeCommand.Delete.class, GrowCommand.class, ScrubCommand.class})
 final class VolumeCommand {
     private static final ObjectMapper JSON = new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT);
 
@@ -50,6 +57,8 @@ final class VolumeCommand {
         private CommandSpec spec;
         @Mixin
         private DataDirOption dataDir;
+        @Mixin
+        private ServerOptions server;
         @Parameters(index = "0", paramLabel = "NAME",
             description = "Volume name, also the NBD export name: 1-128 of A-Z a-z 0-9 . _ -")
         private String name;
@@ -72,6 +81,9 @@ final class VolumeCommand {
 
         @Override
         public Integer call() throws Exception {
+            if (server.online(dataDir.explicit())) {
+                return OnlineVolume.create(spec, server, name, source.size, source.device, description, readOnly);
+            }
             final VolumeService service = VolumeService.open(dataDir.dataDir());
             final VolumeMetadata m;
             try (AutoCloseable ignored = lockForChange(service, "create volume '" + name + "'")) {
@@ -92,11 +104,16 @@ final class VolumeCommand {
         private CommandSpec spec;
         @Mixin
         private DataDirOption dataDir;
+        @Mixin
+        private ServerOptions server;
         @Option(names = "--json", description = "Print a JSON array, for scripts.")
         private boolean json;
 
         @Override
         public Integer call() throws Exception {
+            if (server.online(dataDir.explicit())) {
+                return OnlineVolume.list(spec, server, json);
+            }
             final VolumeService service = VolumeService.open(dataDir.dataDir());
             final PrintWriter out = spec.commandLine().getOut();
             final List<Row> rows = new ArrayList<>();
@@ -161,6 +178,8 @@ final class VolumeCommand {
         private CommandSpec spec;
         @Mixin
         private DataDirOption dataDir;
+        @Mixin
+        private ServerOptions server;
         @Parameters(index = "0", paramLabel = "NAME")
         private String name;
         @Option(names = "--json", description = "Print a JSON object, for scripts.")
@@ -168,6 +187,9 @@ final class VolumeCommand {
 
         @Override
         public Integer call() throws Exception {
+            if (server.online(dataDir.explicit())) {
+                return OnlineVolume.info(spec, server, name, json);
+            }
             final VolumeInfo i = VolumeService.open(dataDir.dataDir()).info(name);
             final PrintWriter out = spec.commandLine().getOut();
             if (json) {
@@ -197,11 +219,19 @@ final class VolumeCommand {
         private CommandSpec spec;
         @Mixin
         private DataDirOption dataDir;
+        @Mixin
+        private ServerOptions server;
         @Parameters(index = "0", paramLabel = "NAME")
         private String name;
+        @Option(names = "--force", description = "Online: disconnect connected clients first (without it, the"
+            + " server refuses while clients are connected).")
+        private boolean force;
 
         @Override
         public Integer call() throws Exception {
+            if (server.online(dataDir.explicit())) {
+                return OnlineVolume.delete(spec, server, name, force);
+            }
             final VolumeService service = VolumeService.open(dataDir.dataDir());
             final String device;
             try (AutoCloseable ignored = lockForChange(service, "delete volume '" + name + "'")) {

@@ -185,15 +185,11 @@ public final class ApiServer implements AutoCloseable {
             Reply reply;
             try {
                 reply = dispatch(exchange);
-            } catch (final ApiException e) {
-                reply = error(e.status(), e.code(), e.getMessage());
-            } catch (final VolumeException e) {
-                reply = volumeError(e);
-            } catch (final IllegalArgumentException e) {
-                reply = error(422, "invalid_value", e.getMessage());
             } catch (final Exception e) {
-                LOG.warn("API {} {} failed", exchange.getRequestMethod(), exchange.getRequestURI().getPath(), e);
-                reply = error(500, "internal_error", "the server failed: " + e + "; see the server log");
+                reply = toReply(e);
+                if (reply.status() == 500) {
+                    LOG.warn("API {} {} failed", exchange.getRequestMethod(), exchange.getRequestURI().getPath(), e);
+                }
             }
             send(exchange, reply);
         } catch (final IOException e) {
@@ -259,12 +255,8 @@ public final class ApiServer implements AutoCloseable {
             Reply reply;
             try {
                 reply = handler.handle(request);
-            } catch (final ApiException e) {
-                reply = error(e.status(), e.code(), e.getMessage());
-            } catch (final VolumeException e) {
-                reply = volumeError(e);
-            } catch (final IllegalArgumentException e) {
-                reply = error(422, "invalid_value", e.getMessage());
+            } catch (final Exception e) {
+                reply = toReply(e);
             }
             if (reply.status() < 500) {
                 idempotency.store(key, new IdempotencyStore.Entry(method, path, requestHash, reply.status(),
@@ -363,6 +355,20 @@ public final class ApiServer implements AutoCloseable {
         node.put("error", code);
         node.put("message", message);
         return Reply.json(status, node);
+    }
+
+    /** The error reply for anything a handler threw. */
+    private Reply toReply(final Exception e) {
+        if (e instanceof ApiException api) {
+            return error(api.status(), api.code(), api.getMessage());
+        }
+        if (e instanceof VolumeException volume) {
+            return volumeError(volume);
+        }
+        if (e instanceof IllegalArgumentException) {
+            return error(422, "invalid_value", e.getMessage());
+        }
+        return error(500, "internal_error", "the server failed: " + e + "; see the server log");
     }
 
     private Reply volumeError(final VolumeException e) {

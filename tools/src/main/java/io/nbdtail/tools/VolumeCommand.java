@@ -142,7 +142,7 @@ final class VolumeCommand {
                     spec.commandLine().getErr().println("nbdtail: " + row.error());
                 }
             }
-            printTable(out, table);
+            io.nbdtail.tools.online.Output.table(out, table);
             return 0;
         }
     }
@@ -318,24 +318,5 @@ final class VolumeCommand {
     /** Control characters (a newline in a description) would break the table's lines. */
     private static String oneLine(final String text) {
         return text.replaceAll("\\p{Cntrl}", " ");
-    }
-
-    private static void printTable(final PrintWriter out, final List<String[]> rows) {
-        final int[] widths = new int[rows.get(0).length];
-        for (final String[] row : rows) {
-            for (int c = 0; c < row.length; c++) {
-                widths[c] = Math.max(widths[c], row[c].length());
-            }
-        }
-        for (final String[] row : rows) {
-            final StringBuilder line = new StringBuilder();
-            for (int c = 0; c < row.length; c++) {
-                line.append(row[c]);
-                if (c < row.length - 1) {
-                    line.append(" ".repeat(widths[c] - row[c].length() + 2));
-                }
-            }
-            out.println(line.toString().stripTrailing());
-        }
     }
 }

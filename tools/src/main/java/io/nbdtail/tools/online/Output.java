@@ -16,7 +16,7 @@ import java.util.List;
 import java.util.Locale;
 
 /** How the online commands print: the API's JSON as it is, or tables and {@code key: value} lines for people. */
-final class Output {
+public final class Output {
     private static final ObjectMapper JSON = new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT);
 
     private Output() {
@@ -33,7 +33,7 @@ final class Output {
     }
 
     /** Columns padded to the widest cell, two spaces apart, like {@code volume list}; the first row is the header. */
-    static void table(final PrintWriter out, final List<String[]> rows) {
+    public static void table(final PrintWriter out, final List<String[]> rows) {
         final int[] widths = new int[rows.get(0).length];
         for (final String[] row : rows) {
             for (int c = 0; c < row.length; c++) {

@@ -118,8 +118,9 @@ public final class NbdTail implements AutoCloseable {
         operations.shutdown(5_000);
         nbd.shutdown(config.nbd.shutdownTimeoutMillis);
         nbd.close();
+        // Storage threads finish what they have before the volumes (and their descriptors) close.
+        storage.shutdown(config.nbd.shutdownTimeoutMillis);
         manager.close();
-        storage.shutdown(5_000);
         try {
             dirLock.close();
         } catch (final Exception e) {

@@ -181,19 +181,26 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
                 throw new VolumeException(VolumeException.Code.LOCKED, "volume '" + name + "' has " + connected.size()
                     + " connected client(s); disconnect them first or delete with force=true");
             }
-            // No new connections from here on, then let the connected ones finish and go.
+            // No new connections from here on, then let the connected ones finish and go. Connections are asked
+            // again on every pass, so one that registered while we looked is drained too.
             exports.remove(name);
-            for (final NbdTransmissionHandler connection : connected) {
-                connection.disconnect();
-            }
+            export.close();
             final long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
             while (!export.connections().isEmpty() && System.nanoTime() < deadline) {
+                for (final NbdTransmissionHandler connection : export.connections()) {
+                    connection.disconnect();
+                }
                 try {
                     Thread.sleep(20);
                 } catch (final InterruptedException e) {
                     Thread.currentThread().interrupt();
                     break;
                 }
+            }
+            for (final NbdTransmissionHandler connection : export.connections()) {
+                LOG.warn("volume {}: client {} did not finish within 30 s; closing it", name,
+                    connection.remoteAddress());
+                connection.forceClose();
             }
             export.volume().close();
             volumes.delete(name);

@@ -315,8 +315,10 @@ public final class FileBlockDevice implements BlockDevice {
             return;
         }
         try {
-            channel.force(false);
-        } catch (final IOException e) {
+            // The descriptor the data went through, so the sync covers exactly those writes; errno classifies
+            // the failure without guessing from a message.
+            nativeIo.fdatasync(fd);
+        } catch (final NativeIoException e) {
             throw StorageException.of("fdatasync " + path, e);
         }
     }

@@ -1,6 +1,8 @@
 package io.nbdtail.storage;
 
 import org.HdrHistogram.Histogram;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 import org.HdrHistogram.Recorder;
 
 import java.util.ArrayList;
@@ -27,6 +29,8 @@ import java.util.concurrent.atomic.LongAdder;
  * and the {@link SyncFailureListener} is told, so the volume can stop taking writes.
  */
 public final class FlushCoordinator implements Runnable {
+    private static final Logger LOG = LoggerFactory.getLogger(FlushCoordinator.class);
+
     /** Told once per failed sync, before the waiters of that batch are answered. */
     @FunctionalInterface
     public interface SyncFailureListener {
@@ -46,6 +50,8 @@ public final class FlushCoordinator implements Runnable {
     private ArrayList<FlushWaiter> pending = new ArrayList<>();
     private ArrayList<FlushWaiter> spare = new ArrayList<>();
     private boolean running;
+    /** The first sync failure; sticky (see {@link #syncOnce()}). */
+    private volatile StorageException failed;
 
     public FlushCoordinator(final BlockDevice device, final Executor executor,
                             final SyncFailureListener failureListener) {
@@ -67,8 +73,12 @@ public final class FlushCoordinator implements Runnable {
         }
     }
 
-    /** Syncs now on the calling thread, outside any batch; used at close. */
+    /** Syncs now on the calling thread, outside any batch; used at close. Fails at once after a failed sync. */
     public void syncNow() throws StorageException {
+        final StorageException earlier = failed;
+        if (earlier != null) {
+            throw earlier;
+        }
         device.sync();
         syncs.increment();
     }
@@ -103,32 +113,69 @@ public final class FlushCoordinator implements Runnable {
                     return;
                 }
                 batch = pending;
-                pending = spare;
+                pending = spare != null ? spare : new ArrayList<>();
                 spare = null;
             }
-            StorageException failure = null;
-            final long start = System.nanoTime();
             try {
-                device.sync();
-                syncs.increment();
-            } catch (final StorageException e) {
-                failure = e;
-            } catch (final RuntimeException e) {
-                failure = new StorageException(StorageException.Kind.IO_ERROR, "fdatasync failed: " + e, e);
+                final StorageException failure = syncOnce();
+                final int n = batch.size();
+                waitersServed.add(n);
+                for (int i = 0; i < n; i++) {
+                    try {
+                        batch.get(i).onFlushed(failure);
+                    } catch (final RuntimeException | Error e) {
+                        LOG.error("a flush waiter failed; the others are still answered", e);
+                    }
+                }
+            } finally {
+                batch.clear();
+                synchronized (lock) {
+                    spare = batch;
+                }
             }
-            syncLatency.recordValue(Math.max(0, System.nanoTime() - start));
-            if (failure != null) {
-                failures.increment();
+        }
+    }
+
+    /**
+     * One {@code fdatasync}, unless an earlier one failed: then the failure stands for every later waiter. The
+     * kernel reports a writeback error once; a second sync would return 0 over pages it already dropped, so a
+     * FLUSH queued behind a failed sync must not be told its writes are durable.
+     */
+    private StorageException syncOnce() {
+        final StorageException earlier = failed;
+        if (earlier != null) {
+            return earlier;
+        }
+        StorageException failure = null;
+        final long start = System.nanoTime();
+        try {
+            device.sync();
+            syncs.increment();
+        } catch (final StorageException e) {
+            failure = e.kind() == StorageException.Kind.IO_ERROR ? e
+                : new StorageException(StorageException.Kind.IO_ERROR, e.getMessage(), e);
+        } catch (final RuntimeException e) {
+            failure = new StorageException(StorageException.Kind.IO_ERROR, "fdatasync failed: " + e, e);
+        }
+        syncLatency.recordValue(Math.max(0, System.nanoTime() - start));
+        if (failure != null) {
+            failed = failure;
+            failures.increment();
+            try {
                 failureListener.onSyncFailed(failure);
+            } catch (final RuntimeException e) {
+                LOG.error("sync failure listener failed", e);
             }
-            final int n = batch.size();
-            waitersServed.add(n);
-            for (int i = 0; i < n; i++) {
-                batch.get(i).onFlushed(failure);
-            }
-            batch.clear();
-            synchronized (lock) {
-                spare = batch;
+        }
+        return failure;
+    }
+
+    /** Waits until no sync is running or queued; used when the volume closes. */
+    public void awaitIdle(final long timeoutMillis) throws InterruptedException {
+        final long deadline = System.currentTimeMillis() + timeoutMillis;
+        synchronized (lock) {
+            while (running && System.currentTimeMillis() < deadline) {
+                lock.wait(10);
             }
         }
     }

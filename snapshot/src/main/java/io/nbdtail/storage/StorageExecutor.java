@@ -13,7 +13,8 @@ import java.util.concurrent.atomic.AtomicInteger;
  *
  * <p>The queue is an array, so queuing a task allocates nothing. It is bounded in practice by the NBD server's
  * per-connection in-flight limits (connections x requests); should it ever fill, the task runs on a virtual
- * thread of its own rather than blocking or failing the caller, which is usually an event loop.
+ * thread of its own rather than blocking or failing the caller, which is usually an event loop. After
+ * {@link #shutdown} a task runs on the caller.
  */
 public final class StorageExecutor implements Executor, AutoCloseable {
     /** Queue capacity: far above maxConnections x maxInFlightRequests with the default limits. */
@@ -33,7 +34,11 @@ public final class StorageExecutor implements Executor, AutoCloseable {
         };
         pool = new ThreadPoolExecutor(threads, threads, 0, TimeUnit.MILLISECONDS,
             new ArrayBlockingQueue<>(QUEUE_CAPACITY), factory, (task, executor) -> {
-                if (!executor.isShutdown()) {
+                if (executor.isShutdown()) {
+                    // Only late work reaches here (a sync for a volume that is closing); the event loops have
+                    // stopped, so the caller is never one of them. Never drop it: a waiter would hang.
+                    task.run();
+                } else {
                     Thread.ofVirtual().name("nbdtail-io-overflow").start(task);
                 }
             });

@@ -32,6 +32,8 @@ public final class Volume implements AutoCloseable {
     private final AutoCloseable lock;
     private final AtomicReference<StorageException> failure = new AtomicReference<>();
     private final AtomicBoolean closed = new AtomicBoolean();
+    /** Device calls in progress; {@link #close()} waits for them, so no call ever uses a closed descriptor. */
+    private final java.util.concurrent.atomic.AtomicInteger active = new java.util.concurrent.atomic.AtomicInteger();
 
     /**
      * @param lock released when the volume closes (the exclusive ownership of the volume by this process).
@@ -83,49 +85,71 @@ public final class Volume implements AutoCloseable {
     }
 
     public void read(final ByteBuffer dst, final long offset) throws StorageException {
-        device.read(dst, offset);
+        enter();
+        try {
+            device.read(dst, offset);
+        } finally {
+            exit();
+        }
     }
 
     public void write(final ByteBuffer src, final long offset) throws StorageException {
         checkWritable();
+        enter();
         try {
             device.write(src, offset);
         } catch (final StorageException e) {
             throw failIfIoError(e);
+        } finally {
+            exit();
         }
     }
 
     /** Reads into native memory; see {@link BlockDevice#read(long, int, long)}. */
     public void read(final long address, final int length, final long offset) throws StorageException {
-        device.read(address, length, offset);
+        enter();
+        try {
+            device.read(address, length, offset);
+        } finally {
+            exit();
+        }
     }
 
     /** Writes from native memory; see {@link BlockDevice#write(long, int, long)}. */
     public void write(final long address, final int length, final long offset) throws StorageException {
         checkWritable();
+        enter();
         try {
             device.write(address, length, offset);
         } catch (final StorageException e) {
             throw failIfIoError(e);
+        } finally {
+            exit();
         }
     }
 
     public void writeZeroes(final long offset, final long length, final boolean mayUnmap, final boolean fastOnly)
         throws StorageException {
         checkWritable();
+        enter();
         try {
             device.writeZeroes(offset, length, mayUnmap, fastOnly);
         } catch (final StorageException e) {
             throw failIfIoError(e);
+        } finally {
+            exit();
         }
     }
 
     public void discard(final long offset, final long length) throws StorageException {
         checkWritable();
+        enter();
         try {
             device.discard(offset, length);
         } catch (final StorageException e) {
             throw failIfIoError(e);
+        } finally {
+            exit();
         }
     }
 
@@ -143,7 +167,12 @@ public final class Volume implements AutoCloseable {
 
     public long allocation(final long offset, final long length, final ExtentSink sink, final int maxExtents)
         throws StorageException {
-        return device.allocation(offset, length, sink, maxExtents);
+        enter();
+        try {
+            return device.allocation(offset, length, sink, maxExtents);
+        } finally {
+            exit();
+        }
     }
 
     /**
@@ -157,7 +186,9 @@ public final class Volume implements AutoCloseable {
     }
 
     public void prefetch(final long offset, final long length) {
-        device.prefetch(offset, length);
+        if (!closed.get()) {
+            device.prefetch(offset, length);
+        }
     }
 
     /**
@@ -170,7 +201,26 @@ public final class Volume implements AutoCloseable {
             waiter.onFlushed(failedException(failed));
             return;
         }
+        if (closed.get()) {
+            waiter.onFlushed(new StorageException(StorageException.Kind.VOLUME_FAILED, "volume " + metadata.name()
+                + " is closed"));
+            return;
+        }
         flusher.flush(waiter);
+    }
+
+    /** Enters the I/O gate; fails once the volume is closing. Pair with {@link #exit()} in a finally. */
+    private void enter() throws StorageException {
+        active.incrementAndGet();
+        if (closed.get()) {
+            active.decrementAndGet();
+            throw new StorageException(StorageException.Kind.VOLUME_FAILED, "volume " + metadata.name()
+                + " is closed");
+        }
+    }
+
+    private void exit() {
+        active.decrementAndGet();
     }
 
     private void checkWritable() throws StorageException {
@@ -185,11 +235,27 @@ public final class Volume implements AutoCloseable {
             + " stopped taking writes after: " + cause.getMessage(), cause);
     }
 
-    /** Syncs (unless failed) and releases the device and the lock. Idempotent. */
+    /**
+     * Stops I/O, waits for device calls in progress and for queued syncs, syncs (unless failed) and releases the
+     * device and the lock. New calls fail with {@link StorageException.Kind#VOLUME_FAILED}. Idempotent.
+     */
     @Override
     public void close() {
         if (!closed.compareAndSet(false, true)) {
             return;
+        }
+        try {
+            final long deadline = System.currentTimeMillis() + 30_000;
+            while (active.get() > 0 && System.currentTimeMillis() < deadline) {
+                Thread.sleep(1);
+            }
+            flusher.awaitIdle(Math.max(1, deadline - System.currentTimeMillis()));
+            if (active.get() > 0) {
+                LOG.warn("volume {}: {} device call(s) still running after 30 s; closing anyway", metadata.name(),
+                    active.get());
+            }
+        } catch (final InterruptedException e) {
+            Thread.currentThread().interrupt();
         }
         try {
             if (failure.get() == null && !metadata.readOnly()) {

@@ -154,6 +154,26 @@ class FlushCoordinatorTest {
     }
 
     @Test
+    void shouldNeverAnswerAFlushQueuedBehindAFailedSyncWithSuccess() throws Exception {
+        final ControlledDevice device = new ControlledDevice();
+        device.block = true;
+        device.fail = true;
+        final FlushCoordinator coordinator = new FlushCoordinator(device, executor, e -> { });
+        final CompletableFuture<StorageException> first = waiter(coordinator);
+        assertThat(device.syncStarted.await(5, TimeUnit.SECONDS)).isTrue();
+        // Joins while the failing sync runs. The kernel reports a writeback error once, so a second fdatasync
+        // would return 0 although this waiter's writes were among the dropped pages.
+        final CompletableFuture<StorageException> second = waiter(coordinator);
+        device.block = false;
+        device.release.release();
+        assertThat(first.get(5, TimeUnit.SECONDS)).isNotNull();
+        device.fail = false;
+        assertThat(second.get(5, TimeUnit.SECONDS)).as("a later sync must not turn into a success").isNotNull();
+        assertThat(device.syncs.get()).as("no second fdatasync after a failed one").isEqualTo(1);
+        assertThatThrownBy(coordinator::syncNow).isInstanceOf(StorageException.class);
+    }
+
+    @Test
     void shouldFailTheVolumeForWritesAfterAFailedSyncAndNeverSyncAgain() throws Exception {
         final ControlledDevice device = new ControlledDevice();
         device.fail = true;

@@ -19,6 +19,7 @@ public final class Export {
     private final java.util.concurrent.atomic.AtomicLong connectionIds = new java.util.concurrent.atomic.AtomicLong();
     /** Who may open this export; {@code null} means the server's default policy. */
     private volatile AccessList accessList;
+    private volatile boolean closing;
 
     public Export(final String name, final String description, final Volume volume, final boolean readOnly) {
         this.name = name;
@@ -64,11 +65,28 @@ public final class Export {
         this.accessList = list;
     }
 
-    /** Registers a connection and returns its id, unique for this export's lifetime ("c1", "c2", ...). */
+    /**
+     * Registers a connection and returns its id, unique for this export's lifetime ("c1", "c2", ...), or
+     * {@code null} if the export is closing: registering first and checking second means a connection racing
+     * {@link #close()} is either seen by it or sees it.
+     */
     String register(final NbdTransmissionHandler connection) {
         final String id = "c" + connectionIds.incrementAndGet();
         connections.put(id, connection);
+        if (closing) {
+            connections.remove(id);
+            return null;
+        }
         return id;
+    }
+
+    /** Refuses new connections from now on; the caller then drains the registered ones. */
+    public void close() {
+        closing = true;
+    }
+
+    public boolean closing() {
+        return closing;
     }
 
     void unregister(final String id) {

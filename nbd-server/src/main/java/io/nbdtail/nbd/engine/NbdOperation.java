@@ -119,16 +119,31 @@ final class NbdOperation implements Runnable, FlushWaiter {
         }
         ioDone = true;
         if (execute()) {
-            handler.eventLoop().execute(this);
+            toEventLoop();
         }
     }
 
     @Override
     public void onFlushed(final StorageException failure) {
         if (failure != null) {
-            fail(failure);
+            // Whatever made the sync fail (even ENOSPC), the data it covered is in doubt: always EIO.
+            error = NbdError.EIO;
+            errorMessage = failure.getMessage();
         }
-        handler.eventLoop().execute(this);
+        toEventLoop();
+    }
+
+    /** Hands the completion to the connection's event loop; if the loop has stopped, drops what is held. */
+    private void toEventLoop() {
+        try {
+            handler.eventLoop().execute(this);
+        } catch (final java.util.concurrent.RejectedExecutionException stopped) {
+            final ByteBuf r = reply;
+            reply = null;
+            if (r != null) {
+                r.release();
+            }
+        }
     }
 
     /**
@@ -142,45 +157,41 @@ final class NbdOperation implements Runnable, FlushWaiter {
         final long offset = request.offset();
         final long length = request.length();
         final boolean fua = request.hasFlag(NbdConstants.CMD_FLAG_FUA);
+        boolean waitForSync = false;
         try {
             switch (command) {
                 case READ -> reply = read(volume, offset, (int) length);
                 case WRITE -> {
                     write(volume, offset);
-                    if (fua) {
-                        volume.flush(this);
-                        return false;
-                    }
+                    waitForSync = fua;
                 }
                 case TRIM -> {
                     volume.discard(offset, length);
-                    if (fua) {
-                        volume.flush(this);
-                        return false;
-                    }
+                    waitForSync = fua;
                 }
                 case WRITE_ZEROES -> {
                     volume.writeZeroes(offset, length, !request.hasFlag(NbdConstants.CMD_FLAG_NO_HOLE),
                         request.hasFlag(NbdConstants.CMD_FLAG_FAST_ZERO));
-                    if (fua) {
-                        volume.flush(this);
-                        return false;
-                    }
+                    waitForSync = fua;
                 }
-                case FLUSH -> {
-                    volume.flush(this);
-                    return false;
-                }
+                case FLUSH -> waitForSync = true;
                 case CACHE -> volume.prefetch(offset, length);
                 case BLOCK_STATUS -> reply = blockStatus(volume, offset, length);
                 default -> throw new IllegalStateException("not dispatchable: " + command);
             }
         } catch (final StorageException e) {
             fail(e);
+            waitForSync = false;
         } catch (final RuntimeException e) {
             fail(new StorageException(StorageException.Kind.IO_ERROR, command + " failed: " + e, e));
-        } finally {
-            request.release();
+            waitForSync = false;
+        }
+        // The payload is done with before any hand-off: once the flush below is queued, another thread may
+        // complete and recycle this operation at any moment, so nothing may touch it after that call.
+        request.release();
+        if (waitForSync) {
+            volume.flush(this);
+            return false;
         }
         return true;
     }
@@ -202,6 +213,9 @@ final class NbdOperation implements Runnable, FlushWaiter {
     private void write(final Volume volume, final long offset) throws StorageException {
         final ByteBuf payload = request.payload();
         if (payload == null) {
+            if (request.length() != 0) {
+                throw new IllegalStateException("WRITE of " + request.length() + " bytes has no payload");
+            }
             return;
         }
         if (payload.hasMemoryAddress()) {

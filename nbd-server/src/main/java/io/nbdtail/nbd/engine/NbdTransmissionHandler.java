@@ -143,11 +143,25 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         ctx.executor().execute(this::beginDrain);
     }
 
+    /** Closes the connection at once, answered or not; the last resort after a drain timed out. */
+    public void forceClose() {
+        ctx.channel().close();
+    }
+
     @Override
     public void handlerAdded(final ChannelHandlerContext ctx) {
         this.ctx = ctx;
         this.id = export.register(this);
         stats.onConnectionOpened();
+        // The handshake checked the export and the access list a moment ago; both can have changed since (a
+        // delete, an ACL change). Registering first and checking again closes that window.
+        if (id == null || context.exports().find(export.name(), ctx.channel().remoteAddress()) != export) {
+            LOG.info("refusing client={} export={}: the export was deleted or the client is no longer allowed",
+                session.client(), export.name());
+            closed = true;
+            ctx.close();
+            return;
+        }
         LOG.info("open client={} export={} flags=0x{} structured={} contexts={}", session.client(), export.name(),
             Integer.toHexString(session.transmissionFlags()), session.structuredReplies() ? "yes" : "no",
             session.hasMetaContexts() ? "[" + NbdConstants.CONTEXT_BASE_ALLOCATION + "]" : "[]");
@@ -164,7 +178,9 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
             op.discard();
         }
         stats.onConnectionClosed();
-        export.unregister(id);
+        if (id != null) {
+            export.unregister(id);
+        }
         LOG.info("close client={} export={} requests={} errors={} read={} written={} seconds={}", session.client(),
             export.name(), requests, errors, bytesRead, bytesWritten,
             (System.currentTimeMillis() - openedAtMillis) / 1000);

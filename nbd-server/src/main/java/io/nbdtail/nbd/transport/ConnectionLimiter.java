@@ -35,9 +35,14 @@ final class ConnectionLimiter extends ChannelInboundHandlerAdapter {
     @Override
     public void channelActive(final ChannelHandlerContext ctx) throws Exception {
         final Object key = key(ctx.channel().remoteAddress());
-        final AtomicInteger count = perAddress.computeIfAbsent(key, k -> new AtomicInteger());
+        // Increment inside the map operation: a separate increment could land on a counter that a concurrent
+        // close had just removed, and the per-address count would drift below the truth.
+        final int m = perAddress.compute(key, (k, c) -> {
+            final AtomicInteger counter = c == null ? new AtomicInteger() : c;
+            counter.incrementAndGet();
+            return counter;
+        }).get();
         final int n = total.incrementAndGet();
-        final int m = count.incrementAndGet();
         ctx.channel().attr(COUNTED).set(key);
         if (n > maxTotal || m > maxPerAddress) {
             refused.increment();

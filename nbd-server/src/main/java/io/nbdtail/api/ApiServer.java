@@ -548,12 +548,12 @@ public final class ApiServer implements AutoCloseable {
             throw new ApiException(422, "invalid_value", "bytesPerSecond must not be negative");
         }
         final Export export = tail.volumes().export(request.param(1));
-        if (tail.operations().running("scrub", export.name())) {
+        final Operation op = tail.operations().startExclusive("scrub", export.name(), export.size(),
+            (operation, progress) -> Scrubber.scrub(export.volume(), rate, operation, progress));
+        if (op == null) {
             throw new ApiException(409, "operation_running", "a scrub of '" + export.name() + "' is already running;"
                 + " see GET /v1/operations");
         }
-        final Operation op = tail.operations().start("scrub", export.name(), export.size(),
-            (operation, progress) -> Scrubber.scrub(export.volume(), rate, operation, progress));
         return Reply.json(202, op);
     }
 

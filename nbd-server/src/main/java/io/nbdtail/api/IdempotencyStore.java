@@ -5,16 +5,18 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
+import java.nio.file.StandardOpenOption;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.HexFormat;
-import java.util.concurrent.ConcurrentHashMap;
 
 /**
  * Remembers the first response to a request sent with an {@code Idempotency-Key} header, on disc, for 24 hours,
@@ -32,17 +34,21 @@ final class IdempotencyStore {
 
     private final Path dir;
     private final ObjectMapper json;
-    private final ConcurrentHashMap<String, Object> inProgress = new ConcurrentHashMap<>();
+    /** Striped locks: a retry waits for the first request with its key; the set never grows. */
+    private final Object[] locks = new Object[64];
 
     IdempotencyStore(final Path dataDir, final ObjectMapper json) throws IOException {
         this.dir = dataDir.resolve("idempotency");
         this.json = json;
+        for (int i = 0; i < locks.length; i++) {
+            locks[i] = new Object();
+        }
         Files.createDirectories(dir);
     }
 
-    /** A lock per key, so two concurrent retries do not both act. */
+    /** The lock for a key, so two concurrent retries do not both act. */
     Object lock(final String key) {
-        return inProgress.computeIfAbsent(key, k -> new Object());
+        return locks[Math.floorMod(key.hashCode(), locks.length)];
     }
 
     Entry find(final String key) {
@@ -63,12 +69,26 @@ final class IdempotencyStore {
         }
     }
 
+    /**
+     * Records the first answer durably (file fsync, rename, directory fsync) before it is sent, so a retry after
+     * a crash finds it and does not act twice.
+     */
     void store(final String key, final Entry entry) {
         final Path file = dir.resolve(hash(key) + ".json");
         final Path temp = dir.resolve(hash(key) + ".tmp");
         try {
-            Files.write(temp, json.writeValueAsBytes(entry));
+            try (FileChannel ch = FileChannel.open(temp, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
+                StandardOpenOption.TRUNCATE_EXISTING)) {
+                final ByteBuffer bytes = ByteBuffer.wrap(json.writeValueAsBytes(entry));
+                while (bytes.hasRemaining()) {
+                    ch.write(bytes);
+                }
+                ch.force(true);
+            }
             Files.move(temp, file, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+            try (FileChannel d = FileChannel.open(dir, StandardOpenOption.READ)) {
+                d.force(true);
+            }
         } catch (final IOException e) {
             LOG.warn("cannot record idempotency key: {}", e.toString());
         }

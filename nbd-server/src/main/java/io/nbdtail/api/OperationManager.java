@@ -88,6 +88,17 @@ public final class OperationManager {
         }
     }
 
+    /**
+     * Starts {@code task} unless an operation of the same kind runs on the same volume; checking and starting
+     * are one step, so two concurrent calls cannot both start.
+     *
+     * @return the new operation, or {@code null} if one was already running.
+     */
+    public synchronized Operation startExclusive(final String kind, final String volume, final long bytesTotal,
+                                                 final Task task) {
+        return running(kind, volume) ? null : start(kind, volume, bytesTotal, task);
+    }
+
     /** Starts {@code task} in the background and returns its operation at once. */
     public Operation start(final String kind, final String volume, final long bytesTotal, final Task task) {
         final Operation op = new Operation();

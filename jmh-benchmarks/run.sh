@@ -2,6 +2,9 @@
 # Runs the JMH benchmarks with the JVM flags the server itself uses.
 #   jmh-benchmarks/run.sh                       all benchmarks
 #   jmh-benchmarks/run.sh RequestDecoder -prof gc   one class, with allocation per operation
+#   jmh-benchmarks/run.sh -prof gc -rf json -rff out.json   everything, machine-readable
+# The module flags go in with -jvmArgsPrepend so that the benchmarks' own @Fork(jvmArgsAppend) (leak detection
+# off, heap size) still applies: a -jvmArgsAppend given here would replace it.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
@@ -14,4 +17,4 @@ if [[ ! -f "$jar" ]]; then
 fi
 flags="--add-exports=java.base/jdk.internal.ref=ALL-UNNAMED --add-exports=java.base/sun.nio.ch=ALL-UNNAMED --add-opens=java.base/java.lang.reflect=ALL-UNNAMED --enable-native-access=ALL-UNNAMED --sun-misc-unsafe-memory-access=allow -Dchronicle.analytics.disable=true"
 # shellcheck disable=SC2086
-exec "$java" $flags -jar "$jar" -jvmArgsAppend "$flags" "$@"
+exec "$java" $flags -jar "$jar" -jvmArgsPrepend "$flags" "$@"

@@ -3,6 +3,8 @@
 # before and after running COMMAND, and prints CPU seconds per thread name (digits folded, so "nbdtail-io-3" and
 # "nbdtail-io-7" add up as "nbdtail-io-N"), with the share of the total.
 #   tools/bench/thread-cpu.sh PID -- fio --name=j --ioengine=nbd --uri=nbd://127.0.0.1:10900/disk ...
+# Threads that end during COMMAND (nbdkit starts and ends its threads per connection) are missing from the
+# per-thread lines; the "process" line (from /proc/PID/stat, which keeps the time of ended threads) has them.
 # Optionally --syscalls: also count the server's system calls during COMMAND with `strace -c -f` (slows the
 # server a lot: use the counts, not the timings).
 set -euo pipefail
@@ -29,9 +31,19 @@ snapshot() { # -> lines "name ticks" for every thread
   done
 }
 
+process_ticks() {
+  local stat
+  stat="$(<"/proc/$pid/stat")"
+  stat="${stat##*) }"
+  # shellcheck disable=SC2086
+  set -- $stat
+  echo $((${12} + ${13}))
+}
+
 work="$(mktemp -d)"
 trap 'rm -rf "$work"; [[ -n "${strace_pid:-}" ]] && kill "$strace_pid" 2>/dev/null || true' EXIT
 snapshot >"$work/before"
+p0="$(process_ticks)"
 if [[ $syscalls -eq 1 ]]; then
   strace -c -f -p "$pid" -o "$work/strace" 2>/dev/null &
   strace_pid=$!
@@ -44,6 +56,7 @@ if [[ $syscalls -eq 1 ]]; then
   strace_pid=""
 fi
 snapshot >"$work/after"
+p1="$(process_ticks)"
 hz="$(getconf CLK_TCK)"
 # Join on thread id; a thread born during the run counts from 0.
 awk -F'\t' -v hz="$hz" '
@@ -54,6 +67,7 @@ awk -F'\t' -v hz="$hz" '
     close("sort -rn")
     printf "%8.2f s  total\n", total / hz
   }' "$work/before" "$work/after"
+awk -v a="$p0" -v b="$p1" -v hz="$hz" 'BEGIN {printf "%8.2f s  process (all threads, including ended ones)\n", (b - a) / hz}'
 if [[ $syscalls -eq 1 ]]; then
   echo "--- system calls (strace -c -f)"
   head -n 25 "$work/strace"

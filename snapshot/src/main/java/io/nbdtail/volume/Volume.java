@@ -1,5 +1,7 @@
 package io.nbdtail.volume;
 
+import io.nbdtail.layer.LayeredBlockDevice;
+import io.nbdtail.layer.LayeredDevice;
 import io.nbdtail.storage.BlockDevice;
 import io.nbdtail.storage.ExtentSink;
 import io.nbdtail.storage.FlushCoordinator;
@@ -9,6 +11,7 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 import java.nio.ByteBuffer;
+import java.util.List;
 import java.util.concurrent.Executor;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicReference;
@@ -173,6 +176,50 @@ public final class Volume implements AutoCloseable {
         } finally {
             exit();
         }
+    }
+
+    /**
+     * {@code qemu:allocation-depth}: extents whose flags are depths (0 unallocated, 1 the top layer, 2 the one
+     * below, ...). A volume without layers has depth 1 wherever its file has data.
+     */
+    public long depth(final long offset, final long length, final ExtentSink sink, final int maxExtents)
+        throws StorageException {
+        enter();
+        try {
+            if (device instanceof LayeredBlockDevice layered) {
+                return layered.depth(offset, length, sink, maxExtents);
+            }
+            return device.allocation(offset, length, (n, flags) -> sink.extent(n,
+                (flags & ExtentSink.HOLE) != 0 ? 0 : 1), maxExtents);
+        } finally {
+            exit();
+        }
+    }
+
+    /** The snapshots {@code qemu:dirty-bitmap:NAME} can be asked about, oldest first. */
+    public List<String> dirtyBitmaps() {
+        return device instanceof LayeredBlockDevice layered ? layered.dirtyBitmaps() : List.of();
+    }
+
+    /**
+     * {@code qemu:dirty-bitmap:SNAPSHOT}: extents flagged 1 where the volume changed since the snapshot.
+     *
+     * @return the bytes described, or -1 if there is no such snapshot below the top layer (any more).
+     */
+    public long dirty(final String snapshot, final long offset, final long length, final ExtentSink sink,
+                      final int maxExtents) throws StorageException {
+        enter();
+        try {
+            return device instanceof LayeredBlockDevice layered
+                ? layered.dirty(snapshot, offset, length, sink, maxExtents) : -1;
+        } finally {
+            exit();
+        }
+    }
+
+    /** The volume's layers, for snapshot operations; {@code null} for a snapshot's read-only view. */
+    public LayeredDevice layers() {
+        return device instanceof LayeredDevice layered ? layered : null;
     }
 
     /**

@@ -12,6 +12,10 @@ import com.fasterxml.jackson.databind.SerializationFeature;
 import com.fasterxml.jackson.databind.deser.std.StdScalarDeserializer;
 import com.fasterxml.jackson.databind.module.SimpleModule;
 import com.fasterxml.jackson.databind.ser.std.ToStringSerializer;
+import io.nbdtail.layer.LayerCorruptException;
+import io.nbdtail.layer.LayeredDevice;
+import io.nbdtail.layer.Manifest;
+import io.nbdtail.layer.NeedsCheckException;
 import io.nbdtail.storage.FileBlockDevice;
 import io.nbdtail.storage.nativeio.NativeIo;
 import io.nbdtail.storage.nativeio.NativeIoException;
@@ -88,7 +92,8 @@ public final class VolumeService {
     private static final String CREATING = ".creating-";
     private static final String DELETING = ".deleting-";
     /** Files a volume directory of ours can hold; anything else means someone else put it there. */
-    private static final Set<String> OUR_FILES = Set.of(RECORD, RECORD_TEMP, DATA, LOCK, ACL, ACL + ".tmp");
+    private static final Set<String> OUR_FILES = Set.of(RECORD, RECORD_TEMP, DATA, LOCK, ACL, ACL + ".tmp",
+        Manifest.FILE, Manifest.FILE + ".tmp", "layers");
     /** How long {@link #lockDataDirectory} waits out a short-lived holder (another command's clean-up). */
     private static final long SERVER_LOCK_WAIT_MILLIS = 1_000;
     /** How long opening or deleting a volume waits out a short-lived holder ({@link #info} testing the lock). */
@@ -444,15 +449,42 @@ public final class VolumeService {
             // Read under the lock: a delete that won the race has renamed the directory away by now.
             final VolumeMetadata metadata = readRecord(dir);
             final Path data = dataPath(dir, metadata);
+            final boolean layered = Files.exists(dir.resolve(Manifest.FILE));
             if (metadata.kind() == VolumeMetadata.Kind.FILE && !Files.exists(data)) {
-                throw missingData(name, data);
+                if (!layered) {
+                    throw missingData(name, data);
+                }
+                // the oldest snapshot, which held data.raw, was deleted: the layers hold everything
+                final LayeredDevice layers = LayeredDevice.open(dir, metadata.id(), metadata.size(), null, null,
+                    nativeIo, metadata.readOnly());
+                try {
+                    layers.resumePending();
+                } catch (final IOException | RuntimeException e) {
+                    layers.close();
+                    throw e;
+                }
+                opened = true;
+                return new Volume(metadata, layers, storageExecutor, lock);
             }
             device = FileBlockDevice.open(data, metadata.readOnly(), nativeIo);
-            final VolumeMetadata current = finishInterruptedGrow(dir, metadata, device);
+            final VolumeMetadata current = layered ? metadata : finishInterruptedGrow(dir, metadata, device);
             checkDevice(current, device, data);
-            final Volume volume = new Volume(current, device, storageExecutor, lock);
+            final LayeredDevice layers = LayeredDevice.open(dir, current.id(), current.size(), device, data, nativeIo,
+                current.readOnly());
+            device = null; // owned by layers now
+            try {
+                layers.resumePending();
+            } catch (final IOException | RuntimeException e) {
+                layers.close();
+                throw e;
+            }
+            final Volume volume = new Volume(current, layers, storageExecutor, lock);
             opened = true;
             return volume;
+        } catch (final LayerCorruptException | NeedsCheckException e) {
+            throw new VolumeException(VolumeException.Code.NEEDS_CHECK, "volume '" + name + "' cannot be served: "
+                + e.getMessage() + (e instanceof LayerCorruptException ? "; run 'nbdtail check " + name
+                + "' with the server stopped" : ""), e);
         } catch (final IOException e) {
             throw new VolumeException(VolumeException.Code.IO_ERROR, "cannot open volume '" + name + "': "
                 + reason(e), e);

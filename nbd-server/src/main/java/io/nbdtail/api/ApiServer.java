@@ -14,6 +14,7 @@ import com.sun.net.httpserver.HttpExchange;
 import com.sun.net.httpserver.HttpServer;
 import com.sun.net.httpserver.HttpsConfigurator;
 import com.sun.net.httpserver.HttpsServer;
+import io.nbdtail.layer.LayeredDevice;
 import io.nbdtail.nbd.engine.Export;
 import io.nbdtail.nbd.engine.NbdTransmissionHandler;
 import io.nbdtail.server.NbdTail;
@@ -111,6 +112,13 @@ public final class ApiServer implements AutoCloseable {
         route("GET", "/v1/volumes/{name}/acl", r -> Reply.json(200, acl(tail.volumes().export(r.param(1)))), false);
         route("PUT", "/v1/volumes/{name}/acl", this::setAcl, false);
         route("POST", "/v1/volumes/{name}/scrub", this::scrub, true);
+        route("GET", "/v1/volumes/{name}/snapshots", r -> Reply.json(200, snapshots(r.param(1))), false);
+        route("POST", "/v1/volumes/{name}/snapshots", this::createSnapshot, true);
+        route("GET", "/v1/volumes/{name}/snapshots/{snapshot}", r -> Reply.json(200,
+            snapshot(r.param(1), r.param(2))), false);
+        route("DELETE", "/v1/volumes/{name}/snapshots/{snapshot}", this::deleteSnapshot, true);
+        route("POST", "/v1/volumes/{name}/snapshots/{snapshot}/rollback", this::rollback, true);
+        route("POST", "/v1/volumes/{name}/snapshots/{snapshot}/clone", this::cloneSnapshot, true);
         route("GET", "/v1/operations", r -> Reply.json(200, tail.operations().list()), false);
         route("GET", "/v1/operations/{id}", r -> Reply.json(200, operation(r.param(1))), false);
         route("DELETE", "/v1/operations/{id}", r -> {
@@ -380,6 +388,10 @@ public final class ApiServer implements AutoCloseable {
             case INVALID_DEVICE -> error(422, "invalid_device", e.getMessage());
             case LOCKED -> error(409, "volume_busy", e.getMessage());
             case CORRUPT -> error(409, "volume_unavailable", e.getMessage());
+            case SNAPSHOT_NOT_FOUND -> error(404, "snapshot_not_found", e.getMessage());
+            case SNAPSHOT_EXISTS -> error(409, "snapshot_exists", e.getMessage());
+            case CONFLICT -> error(409, "conflict", e.getMessage());
+            case NEEDS_CHECK -> error(409, "volume_needs_check", e.getMessage());
             case IO_ERROR -> error(500, "io_error", e.getMessage());
         };
     }
@@ -555,6 +567,77 @@ public final class ApiServer implements AutoCloseable {
                 + " see GET /v1/operations");
         }
         return Reply.json(202, op);
+    }
+
+    /** Body of POST /v1/volumes/{name}/snapshots and of .../clone. */
+    private record NameBody(String name) {
+    }
+
+    private ArrayNode snapshots(final String volume) throws VolumeException {
+        final ArrayNode array = json.createArrayNode();
+        for (final LayeredDevice.SnapshotInfo info : tail.volumes().snapshots(volume)) {
+            array.add(snapshotJson(volume, info));
+        }
+        return array;
+    }
+
+    private ObjectNode snapshot(final String volume, final String name) throws VolumeException {
+        for (final LayeredDevice.SnapshotInfo info : tail.volumes().snapshots(volume)) {
+            if (info.name().equals(name)) {
+                return snapshotJson(volume, info);
+            }
+        }
+        throw new VolumeException(VolumeException.Code.SNAPSHOT_NOT_FOUND, "no snapshot '" + name + "' of volume '"
+            + volume + "'; list them with GET /v1/volumes/" + volume + "/snapshots");
+    }
+
+    private ObjectNode snapshotJson(final String volume, final LayeredDevice.SnapshotInfo info) {
+        final ObjectNode node = json.createObjectNode();
+        node.put("name", info.name());
+        node.put("volume", volume);
+        node.put("export", volume + "@" + info.name());
+        node.put("created", info.created().toString());
+        node.put("parent", info.parent());
+        node.put("ownedBytes", info.ownedBytes());
+        node.put("inLiveChain", info.inLiveChain());
+        node.put("layer", info.layer().toString());
+        return node;
+    }
+
+    private Reply createSnapshot(final Request request) throws Exception {
+        final NameBody body = parse(request, NameBody.class, true);
+        if (body.name() == null) {
+            throw new ApiException(422, "invalid_name", "the field 'name' is required");
+        }
+        return Reply.json(201, snapshotJson(request.param(1), tail.volumes().createSnapshot(request.param(1),
+            body.name())));
+    }
+
+    /** Merging a snapshot's layer away copies data, so it runs as an operation; the answer is 202. */
+    private Reply deleteSnapshot(final Request request) throws Exception {
+        final String volume = request.param(1);
+        final String snapshot = request.param(2);
+        tail.volumes().requireSnapshot(volume, snapshot);
+        final Operation op = tail.operations().startExclusive("delete-snapshot", volume, 0,
+            (operation, progress) -> tail.volumes().deleteSnapshot(volume, snapshot));
+        if (op == null) {
+            throw new ApiException(409, "operation_running", "a snapshot of '" + volume + "' is being deleted"
+                + " already; wait for it (GET /v1/operations) and retry");
+        }
+        return Reply.json(202, op);
+    }
+
+    private Reply rollback(final Request request) throws Exception {
+        tail.volumes().rollback(request.param(1), request.param(2));
+        return Reply.json(200, volume(tail.volumes().export(request.param(1))));
+    }
+
+    private Reply cloneSnapshot(final Request request) throws Exception {
+        final NameBody body = parse(request, NameBody.class, true);
+        if (body.name() == null) {
+            throw new ApiException(422, "invalid_name", "the field 'name' (the new volume's name) is required");
+        }
+        return Reply.json(201, volume(tail.volumes().cloneVolume(request.param(1), request.param(2), body.name())));
     }
 
     private Operation operation(final String id) throws ApiException {

@@ -4,6 +4,9 @@ import io.nbdtail.nbd.access.AccessList;
 import io.nbdtail.nbd.engine.Export;
 import io.nbdtail.nbd.engine.ExportRegistry;
 import io.nbdtail.nbd.engine.NbdTransmissionHandler;
+import io.nbdtail.layer.LayeredDevice;
+import io.nbdtail.layer.SnapshotException;
+import io.nbdtail.storage.BlockDevice;
 import io.nbdtail.storage.StorageExecutor;
 import io.nbdtail.volume.Volume;
 import io.nbdtail.volume.VolumeException;
@@ -12,8 +15,11 @@ import io.nbdtail.volume.VolumeService;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
+import java.io.IOException;
 import java.net.InetSocketAddress;
 import java.net.SocketAddress;
+import java.time.Instant;
+import java.time.temporal.ChronoUnit;
 import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.List;
@@ -56,6 +62,9 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
     public boolean defaultAllow() {
         return defaultAllow;
     }
+
+    /** Open {@code volume@snapshot} exports, by export name. */
+    private final Map<String, Export> snapshotExports = new java.util.HashMap<>();
 
     private Object lock(final String name) {
         return locks.computeIfAbsent(name, n -> new Object());
@@ -183,6 +192,7 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
             }
             // No new connections from here on, then let the connected ones finish and go. Connections are asked
             // again on every pass, so one that registered while we looked is drained too.
+            closeSnapshotExports(name);
             exports.remove(name);
             export.close();
             final long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
@@ -207,10 +217,202 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
         }
     }
 
+    // ------------------------------------------------------------------------------------------------ snapshots
+
+    /** The snapshots of a volume, oldest first. */
+    public List<LayeredDevice.SnapshotInfo> snapshots(final String name) throws VolumeException {
+        try {
+            return layers(export(name)).snapshots();
+        } catch (final IOException e) {
+            throw ioError("list the snapshots of", name, e);
+        }
+    }
+
+    /**
+     * Takes snapshot {@code snapshot} of a live volume: instant, under a freeze of a few milliseconds; writes
+     * replied to before the call are in it.
+     */
+    public LayeredDevice.SnapshotInfo createSnapshot(final String name, final String snapshot) throws VolumeException {
+        checkSnapshotName(snapshot);
+        final Export export = export(name);
+        final LayeredDevice layers = layers(export);
+        try {
+            layers.createSnapshot(snapshot, Instant.now().truncatedTo(ChronoUnit.MILLIS));
+            return find(layers.snapshots(), snapshot);
+        } catch (final SnapshotException e) {
+            throw VolumeService.snapshotError(e);
+        } catch (final IOException e) {
+            throw ioError("snapshot", name, e);
+        }
+    }
+
+    /** Checks that {@code snapshot} exists, so that a delete can be refused at once rather than as a failed run. */
+    public void requireSnapshot(final String name, final String snapshot) throws VolumeException {
+        find(snapshots(name), snapshot);
+    }
+
+    /**
+     * Deletes a snapshot: its export's clients are disconnected, then its layer is merged into the layer(s) above
+     * while the volume stays online. Can take as long as copying the data only that snapshot holds.
+     */
+    public void deleteSnapshot(final String name, final String snapshot) throws VolumeException {
+        final Export export = export(name);
+        final LayeredDevice layers = layers(export);
+        closeSnapshotExport(name + "@" + snapshot);
+        try {
+            layers.deleteSnapshot(snapshot);
+        } catch (final SnapshotException e) {
+            throw VolumeService.snapshotError(e);
+        } catch (final IOException e) {
+            throw ioError("delete a snapshot of", name, e);
+        }
+    }
+
+    /**
+     * Rolls a volume back to a snapshot. Refused while clients are connected: a running guest's page cache would
+     * no longer match its disc. Disconnect them (or stop the VM) first.
+     */
+    public void rollback(final String name, final String snapshot) throws VolumeException {
+        synchronized (lock(name)) {
+            final Export export = export(name);
+            final int clients = export.connections().size();
+            if (clients > 0) {
+                throw new VolumeException(VolumeException.Code.CONFLICT, "volume '" + name + "' has " + clients
+                    + " connected client(s); stop the VM or disconnect them (DELETE /v1/volumes/" + name
+                    + "/clients/ID), then roll back");
+            }
+            try {
+                layers(export).rollback(snapshot);
+            } catch (final SnapshotException e) {
+                throw VolumeService.snapshotError(e);
+            } catch (final IOException e) {
+                throw ioError("roll back", name, e);
+            }
+        }
+    }
+
+    /** Creates and serves volume {@code newName} from a snapshot; the frozen layers are shared, not copied. */
+    public Export cloneVolume(final String name, final String snapshot, final String newName) throws VolumeException {
+        VolumeService.checkName(newName);
+        synchronized (lock(newName)) {
+            volumes.cloneVolume(export(name).volume(), snapshot, newName);
+            return open(newName);
+        }
+    }
+
+    /** Snapshot names follow the volume name rules; {@code @} separates them in export names. */
+    public static void checkSnapshotName(final String snapshot) throws VolumeException {
+        try {
+            VolumeService.checkName(snapshot);
+        } catch (final VolumeException e) {
+            throw new VolumeException(VolumeException.Code.INVALID_NAME, e.getMessage().replace("volume", "snapshot"),
+                e);
+        }
+    }
+
+    private static LayeredDevice layers(final Export export) throws VolumeException {
+        final LayeredDevice layers = export.volume().layers();
+        if (layers == null) {
+            throw new VolumeException(VolumeException.Code.CONFLICT, "'" + export.name() + "' is a snapshot; snapshot"
+                + " operations work on the volume");
+        }
+        return layers;
+    }
+
+    private static LayeredDevice.SnapshotInfo find(final List<LayeredDevice.SnapshotInfo> all, final String snapshot)
+        throws VolumeException {
+        for (final LayeredDevice.SnapshotInfo info : all) {
+            if (info.name().equals(snapshot)) {
+                return info;
+            }
+        }
+        throw new VolumeException(VolumeException.Code.SNAPSHOT_NOT_FOUND, "no snapshot '" + snapshot + "'; list"
+            + " them with GET /v1/volumes/NAME/snapshots");
+    }
+
+    private static VolumeException ioError(final String what, final String name, final IOException e) {
+        return new VolumeException(VolumeException.Code.IO_ERROR, "cannot " + what + " volume '" + name + "': "
+            + e.getMessage(), e);
+    }
+
+    /**
+     * The read-only export of {@code volume@snapshot}, opened on first use and kept until the snapshot or its
+     * volume goes. Its access list is the volume's.
+     */
+    private Export snapshotExport(final String exportName) {
+        final int at = exportName.indexOf('@');
+        final Export volume = exports.get(exportName.substring(0, at));
+        if (volume == null || volume.volume().layers() == null) {
+            return null;
+        }
+        synchronized (snapshotExports) {
+            final Export existing = snapshotExports.get(exportName);
+            if (existing != null) {
+                return existing;
+            }
+            final String snapshot = exportName.substring(at + 1);
+            try {
+                final BlockDevice view = volume.volume().layers().snapshotView(snapshot);
+                final VolumeMetadata m = volume.volume().metadata();
+                final VolumeMetadata viewMetadata = new VolumeMetadata(m.formatVersion(), m.id(), exportName, m.kind(),
+                    m.size(), m.devicePath(), "snapshot " + snapshot + " of " + m.name() + " (read-only)", true,
+                    m.created());
+                final Export export = Export.of(new Volume(viewMetadata, view, storage, () -> { }));
+                snapshotExports.put(exportName, export);
+                return export;
+            } catch (final IOException e) {
+                return null; // no such snapshot: to the client, like a missing export
+            }
+        }
+    }
+
+    /** Stops serving {@code volume@snapshot}: disconnects its clients and closes its view. */
+    private void closeSnapshotExport(final String exportName) {
+        final Export export;
+        synchronized (snapshotExports) {
+            export = snapshotExports.remove(exportName);
+        }
+        if (export == null) {
+            return;
+        }
+        export.close();
+        for (final NbdTransmissionHandler connection : export.connections()) {
+            connection.disconnect();
+        }
+        final long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+        while (!export.connections().isEmpty() && System.nanoTime() < deadline) {
+            try {
+                Thread.sleep(10);
+            } catch (final InterruptedException e) {
+                Thread.currentThread().interrupt();
+                break;
+            }
+        }
+        for (final NbdTransmissionHandler connection : export.connections()) {
+            connection.forceClose();
+        }
+        export.volume().close();
+    }
+
+    private void closeSnapshotExports(final String volumeName) {
+        final List<String> names;
+        synchronized (snapshotExports) {
+            names = snapshotExports.keySet().stream().filter(n -> n.startsWith(volumeName + "@")).toList();
+        }
+        names.forEach(this::closeSnapshotExport);
+    }
+
     // ------------------------------------------------------------------------------------------------ registry
 
     @Override
     public Export find(final String name, final SocketAddress client) {
+        if (name.indexOf('@') > 0) {
+            final Export volume = exports.get(name.substring(0, name.indexOf('@')));
+            if (volume == null || !allowed(volume, client)) {
+                return null;
+            }
+            return snapshotExport(name);
+        }
         Export export = exports.get(name);
         if (export == null && name.isEmpty() && exports.size() == 1) {
             // The empty name is the NBD default export: the only volume, when there is exactly one.
@@ -242,6 +444,9 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
     /** Syncs and closes every volume (after the NBD server has stopped). */
     @Override
     public void close() {
+        for (final String name : exports.keySet()) {
+            closeSnapshotExports(name);
+        }
         for (final Export export : exports.values()) {
             export.volume().close();
         }

@@ -82,8 +82,8 @@ public final class ClusterMap implements AutoCloseable {
     /** Creates an empty map file (header only: unwritten pages read as all {@link #NONE}) and syncs it. */
     public static ClusterMap create(final Path path, final UUID layerId, final long size, final int clusterSize)
         throws IOException {
-        final FileChannel file = FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.READ,
-            StandardOpenOption.WRITE);
+        final FileChannel file = FileChannel.open(path, java.util.Set.of(StandardOpenOption.CREATE_NEW,
+            StandardOpenOption.READ, StandardOpenOption.WRITE), LayeredDevice.OWNER_ONLY);
         try {
             final ClusterMap map = new ClusterMap(path, file, layerId, size, clusterSize);
             writeFully(file, map.header(), 0);

@@ -50,6 +50,9 @@ public final class LayeredDevice implements LayeredBlockDevice {
     public static final int MAX_DEPTH = 16;
     static final String LAYERS = "layers";
     private static final int STRIPES = 1024;
+    /** 0600: the bytes of somebody's disc are nobody else's business. */
+    static final java.nio.file.attribute.FileAttribute<?> OWNER_ONLY = java.nio.file.attribute.PosixFilePermissions
+        .asFileAttribute(java.nio.file.attribute.PosixFilePermissions.fromString("rw-------"));
 
     private final Path dir;
     private final UUID volumeId;
@@ -60,6 +63,8 @@ public final class LayeredDevice implements LayeredBlockDevice {
     private final BlockDevice baseDevice;
     private final Path basePath;
     private final StampedLock gate = new StampedLock();
+    /** Serialises snapshot operations on this volume (reliability.md S10): each fully succeeds or fully fails. */
+    private final ReentrantLock operation = new ReentrantLock();
     private final ReentrantLock[] stripes = new ReentrantLock[STRIPES];
     private final ArrayBlockingQueue<ByteBuffer> clusterBuffers = new ArrayBlockingQueue<>(32);
     private final ByteBuffer zeros;
@@ -592,58 +597,63 @@ public final class LayeredDevice implements LayeredBlockDevice {
      * manifest names the snapshot); writes that arrive during the freeze wait and land in the new layer.
      */
     public void createSnapshot(final String name, final Instant now) throws IOException {
-        checkWritable();
-        final Manifest before = manifest;
-        if (before != null && before.snapshot(name) != null) {
-            throw new SnapshotException(SnapshotException.Code.ALREADY_EXISTS, "snapshot '" + name
-                + "' exists already; choose another name or delete it first");
-        }
-        if (depth() >= MAX_DEPTH) {
-            throw new SnapshotException(SnapshotException.Code.TOO_DEEP, "the volume has " + depth() + " layers, the"
-                + " most a chain may have (" + MAX_DEPTH + "); delete a snapshot (which merges its layer) and retry");
-        }
-        final UUID id = UUID.randomUUID();
-        final Layer fresh = createLayer(id);
-        boolean committed = false;
-        final long stamp = gate.writeLock();
+        acquireOperation();
         try {
-            final Chain chain = live;
-            syncActive(chain);
-            FaultPoints.reach("snapshot.synced");
-            final String created = now.toString();
-            final List<Manifest.LayerRecord> records = new ArrayList<>();
-            final Manifest.LayerRecord oldActive;
-            if (before == null) {
-                oldActive = new Manifest.LayerRecord(chain.layers[0].id(), null, name, created, true);
-                records.add(oldActive);
-            } else {
-                oldActive = before.active();
-                for (final Manifest.LayerRecord r : before.layers()) {
-                    records.add(r.active() ? new Manifest.LayerRecord(r.id(), r.parent(), name, created, r.base()) : r);
-                }
+            checkWritable();
+            final Manifest before = manifest;
+            if (before != null && before.snapshot(name) != null) {
+                throw new SnapshotException(SnapshotException.Code.ALREADY_EXISTS, "snapshot '" + name
+                    + "' exists already; choose another name or delete it first");
             }
-            records.add(new Manifest.LayerRecord(id, oldActive.id(), null, created, false));
-            final Manifest after = before == null
-                ? new Manifest(Manifest.FORMAT_VERSION, 1, volumeId, size, clusterSize, false, null, records, null)
-                : before.with(records, null);
-            commit(after);
-            committed = true;
-            layers.put(id, fresh);
-            final Layer[] chainLayers = java.util.Arrays.copyOf(chain.layers, chain.layers.length + 1);
-            chainLayers[chain.layers.length] = fresh;
-            final byte[] owner = chain.plain() ? Chain.owners(chainLayers, size, clusterSize) : chain.owner;
-            live = new Chain(chainLayers, owner, size, clusterSize);
-        } finally {
-            gate.unlockWrite(stamp);
-            if (!committed) {
-                if (broken == null) {
-                    discardLayer(fresh);
+            if (depth() >= MAX_DEPTH) {
+                throw new SnapshotException(SnapshotException.Code.TOO_DEEP, "the volume has " + depth() + " layers, the"
+                    + " most a chain may have (" + MAX_DEPTH + "); delete a snapshot (which merges its layer) and retry");
+            }
+            final UUID id = UUID.randomUUID();
+            final Layer fresh = createLayer(id);
+            boolean committed = false;
+            final long stamp = gate.writeLock();
+            try {
+                final Chain chain = live;
+                syncActive(chain);
+                FaultPoints.reach("snapshot.synced");
+                final String created = now.toString();
+                final List<Manifest.LayerRecord> records = new ArrayList<>();
+                final Manifest.LayerRecord oldActive;
+                if (before == null) {
+                    oldActive = new Manifest.LayerRecord(chain.layers[0].id(), null, name, created, true);
+                    records.add(oldActive);
                 } else {
-                    fresh.release(); // the manifest on disc may name it: keep its files
+                    oldActive = before.active();
+                    for (final Manifest.LayerRecord r : before.layers()) {
+                        records.add(r.active() ? new Manifest.LayerRecord(r.id(), r.parent(), name, created, r.base()) : r);
+                    }
+                }
+                records.add(new Manifest.LayerRecord(id, oldActive.id(), null, created, false));
+                final Manifest after = before == null
+                    ? new Manifest(Manifest.FORMAT_VERSION, 1, volumeId, size, clusterSize, false, null, records, null)
+                    : before.with(records, null);
+                commit(after);
+                committed = true;
+                layers.put(id, fresh);
+                final Layer[] chainLayers = java.util.Arrays.copyOf(chain.layers, chain.layers.length + 1);
+                chainLayers[chain.layers.length] = fresh;
+                final byte[] owner = chain.plain() ? Chain.owners(chainLayers, size, clusterSize) : chain.owner;
+                live = new Chain(chainLayers, owner, size, clusterSize);
+            } finally {
+                gate.unlockWrite(stamp);
+                if (!committed) {
+                    if (broken == null) {
+                        discardLayer(fresh);
+                    } else {
+                        fresh.release(); // the manifest on disc may name it: keep its files
+                    }
                 }
             }
+            LOG.info("{}: snapshot {} taken; active layer is now {}", dir.getFileName(), name, id);
+        } finally {
+            operation.unlock();
         }
-        LOG.info("{}: snapshot {} taken; active layer is now {}", dir.getFileName(), name, id);
     }
 
     /**
@@ -652,42 +662,47 @@ public final class LayeredDevice implements LayeredBlockDevice {
      * makes sure no client is connected (a running guest's caches would not match its disc).
      */
     public void rollback(final String name) throws IOException {
-        checkWritable();
-        final Manifest before = requireManifest(name);
-        final Manifest.LayerRecord target = before.snapshot(name);
-        if (target == null) {
-            throw noSuchSnapshot(name);
-        }
-        final UUID id = UUID.randomUUID();
-        final Layer fresh = createLayer(id);
-        boolean committed = false;
-        final Manifest.LayerRecord oldActive = before.active();
-        final long stamp = gate.writeLock();
+        acquireOperation();
         try {
-            final List<Manifest.LayerRecord> records = new ArrayList<>();
-            for (final Manifest.LayerRecord r : before.layers()) {
-                if (!r.active()) {
-                    records.add(r);
+            checkWritable();
+            final Manifest before = requireManifest(name);
+            final Manifest.LayerRecord target = before.snapshot(name);
+            if (target == null) {
+                throw noSuchSnapshot(name);
+            }
+            final UUID id = UUID.randomUUID();
+            final Layer fresh = createLayer(id);
+            boolean committed = false;
+            final Manifest.LayerRecord oldActive = before.active();
+            final long stamp = gate.writeLock();
+            try {
+                final List<Manifest.LayerRecord> records = new ArrayList<>();
+                for (final Manifest.LayerRecord r : before.layers()) {
+                    if (!r.active()) {
+                        records.add(r);
+                    }
+                }
+                records.add(new Manifest.LayerRecord(id, target.id(), null, Instant.now().toString(), false));
+                final Manifest after = before.with(records, null);
+                commit(after);
+                committed = true;
+                layers.put(id, fresh);
+                live = chainOf(after, id);
+            } finally {
+                gate.unlockWrite(stamp);
+                if (!committed) {
+                    if (broken == null) {
+                        discardLayer(fresh);
+                    } else {
+                        fresh.release(); // the manifest on disc may name it: keep its files
+                    }
                 }
             }
-            records.add(new Manifest.LayerRecord(id, target.id(), null, Instant.now().toString(), false));
-            final Manifest after = before.with(records, null);
-            commit(after);
-            committed = true;
-            layers.put(id, fresh);
-            live = chainOf(after, id);
+            retire(oldActive.id());
+            LOG.info("{}: rolled back to snapshot {}", dir.getFileName(), name);
         } finally {
-            gate.unlockWrite(stamp);
-            if (!committed) {
-                if (broken == null) {
-                    discardLayer(fresh);
-                } else {
-                    fresh.release(); // the manifest on disc may name it: keep its files
-                }
-            }
+            operation.unlock();
         }
-        retire(oldActive.id());
-        LOG.info("{}: rolled back to snapshot {}", dir.getFileName(), name);
     }
 
     /**
@@ -698,42 +713,52 @@ public final class LayeredDevice implements LayeredBlockDevice {
      * {@link #resumePending()} finishes it; copying again is harmless.
      */
     public void deleteSnapshot(final String name) throws IOException {
-        checkWritable();
-        final Manifest before = requireManifest(name);
-        final Manifest.LayerRecord doomed = before.snapshot(name);
-        if (doomed == null) {
-            throw noSuchSnapshot(name);
-        }
-        final Layer layer = layers.get(doomed.id());
-        if (layer.isBase() && layer.data().isBlockDevice()) {
-            throw new SnapshotException(SnapshotException.Code.REFUSED, "snapshot '" + name + "' is the block device"
-                + " itself; it cannot be merged away. Roll back to it, or keep it");
-        }
-        for (final Manifest.LayerRecord child : before.children(doomed.id())) {
-            if (!child.active() && shared(child.id())) {
-                throw new SnapshotException(SnapshotException.Code.REFUSED, "snapshot '" + child.snapshot()
-                    + "' above '" + name + "' shares its files with a clone, so '" + name + "' cannot be merged into"
-                    + " it; delete the clone first");
-            }
-        }
-        final Manifest pending = before.with(before.layers(), new Manifest.Pending("delete", doomed.id()));
-        final long stamp = gate.writeLock();
+        acquireOperation();
         try {
-            commit(pending);
+            checkWritable();
+            final Manifest before = requireManifest(name);
+            final Manifest.LayerRecord doomed = before.snapshot(name);
+            if (doomed == null) {
+                throw noSuchSnapshot(name);
+            }
+            final Layer layer = layers.get(doomed.id());
+            if (layer.isBase() && layer.data().isBlockDevice()) {
+                throw new SnapshotException(SnapshotException.Code.REFUSED, "snapshot '" + name + "' is the block device"
+                    + " itself; it cannot be merged away. Roll back to it, or keep it");
+            }
+            for (final Manifest.LayerRecord child : before.children(doomed.id())) {
+                if (!child.active() && shared(child.id())) {
+                    throw new SnapshotException(SnapshotException.Code.REFUSED, "snapshot '" + child.snapshot()
+                        + "' above '" + name + "' shares its files with a clone, so '" + name + "' cannot be merged into"
+                        + " it; delete the clone first");
+                }
+            }
+            final Manifest pending = before.with(before.layers(), new Manifest.Pending("delete", doomed.id()));
+            final long stamp = gate.writeLock();
+            try {
+                commit(pending);
+            } finally {
+                gate.unlockWrite(stamp);
+            }
+            FaultPoints.reach("delete.pending-recorded");
+            finishDelete(doomed.id());
+            LOG.info("{}: snapshot {} deleted", dir.getFileName(), name);
         } finally {
-            gate.unlockWrite(stamp);
+            operation.unlock();
         }
-        FaultPoints.reach("delete.pending-recorded");
-        finishDelete(doomed.id());
-        LOG.info("{}: snapshot {} deleted", dir.getFileName(), name);
     }
 
     /** Finishes an operation a crash interrupted; a no-op when none is pending. */
     public void resumePending() throws IOException {
-        final Manifest m = manifest;
-        if (m != null && m.pending() != null && !readOnly) {
-            LOG.warn("{}: finishing the interrupted delete of layer {}", dir.getFileName(), m.pending().layer());
-            finishDelete(m.pending().layer());
+        acquireOperation();
+        try {
+            final Manifest m = manifest;
+            if (m != null && m.pending() != null && !readOnly) {
+                LOG.warn("{}: finishing the interrupted delete of layer {}", dir.getFileName(), m.pending().layer());
+                finishDelete(m.pending().layer());
+            }
+        } finally {
+            operation.unlock();
         }
     }
 
@@ -870,41 +895,46 @@ public final class LayeredDevice implements LayeredBlockDevice {
      */
     public Manifest cloneTo(final String name, final Path target, final UUID cloneId, final Path targetBase,
                             final Instant now) throws IOException {
-        final Manifest m = requireManifest(name);
-        final Manifest.LayerRecord snap = m.snapshot(name);
-        if (snap == null) {
-            throw noSuchSnapshot(name);
-        }
-        final List<Manifest.LayerRecord> chain = m.chain(snap.id());
-        if (chain.size() + 1 > MAX_DEPTH) {
-            throw new SnapshotException(SnapshotException.Code.TOO_DEEP, "a clone of '" + name + "' would have "
-                + (chain.size() + 1) + " layers, more than " + MAX_DEPTH + "; delete a snapshot below it first");
-        }
-        Files.createDirectories(target.resolve(LAYERS));
-        final List<Manifest.LayerRecord> records = new ArrayList<>();
-        for (final Manifest.LayerRecord r : chain) {
-            final Layer layer = layers.get(r.id());
-            if (r.base()) {
-                if (layer.data().isBlockDevice()) {
-                    throw new SnapshotException(SnapshotException.Code.REFUSED, "snapshot '" + name + "' rests on a"
-                        + " block device, which a clone cannot share; copy the volume with nbdcopy instead");
-                }
-                Files.createLink(targetBase, layer.dataPath());
-            } else {
-                Files.createLink(dataPath(target, r.id()), dataPath(dir, r.id()));
-                Files.createLink(mapPath(target, r.id()), mapPath(dir, r.id()));
+        acquireOperation();
+        try {
+            final Manifest m = requireManifest(name);
+            final Manifest.LayerRecord snap = m.snapshot(name);
+            if (snap == null) {
+                throw noSuchSnapshot(name);
             }
-            records.add(r);
+            final List<Manifest.LayerRecord> chain = m.chain(snap.id());
+            if (chain.size() + 1 > MAX_DEPTH) {
+                throw new SnapshotException(SnapshotException.Code.TOO_DEEP, "a clone of '" + name + "' would have "
+                    + (chain.size() + 1) + " layers, more than " + MAX_DEPTH + "; delete a snapshot below it first");
+            }
+            Files.createDirectories(target.resolve(LAYERS));
+            final List<Manifest.LayerRecord> records = new ArrayList<>();
+            for (final Manifest.LayerRecord r : chain) {
+                final Layer layer = layers.get(r.id());
+                if (r.base()) {
+                    if (layer.data().isBlockDevice()) {
+                        throw new SnapshotException(SnapshotException.Code.REFUSED, "snapshot '" + name + "' rests on a"
+                            + " block device, which a clone cannot share; copy the volume with nbdcopy instead");
+                    }
+                    Files.createLink(targetBase, layer.dataPath());
+                } else {
+                    Files.createLink(dataPath(target, r.id()), dataPath(dir, r.id()));
+                    Files.createLink(mapPath(target, r.id()), mapPath(dir, r.id()));
+                }
+                records.add(r);
+            }
+            final UUID active = UUID.randomUUID();
+            ClusterMap.create(mapPath(target, active), active, size, clusterSize).close();
+            createSparse(dataPath(target, active));
+            Manifest.syncDirectory(target.resolve(LAYERS));
+            records.add(new Manifest.LayerRecord(active, snap.id(), null, now.toString(), false));
+            final Manifest clone = new Manifest(Manifest.FORMAT_VERSION, 1, cloneId, size, clusterSize, false, null,
+                records, null);
+            clone.write(target);
+            return clone;
+        } finally {
+            operation.unlock();
         }
-        final UUID active = UUID.randomUUID();
-        ClusterMap.create(mapPath(target, active), active, size, clusterSize).close();
-        createSparse(dataPath(target, active));
-        Manifest.syncDirectory(target.resolve(LAYERS));
-        records.add(new Manifest.LayerRecord(active, snap.id(), null, now.toString(), false));
-        final Manifest clone = new Manifest(Manifest.FORMAT_VERSION, 1, cloneId, size, clusterSize, false, null,
-            records, null);
-        clone.write(target);
-        return clone;
     }
 
     /** A read-only view of snapshot {@code name}, for its own export; close it when the export goes. */
@@ -955,6 +985,18 @@ public final class LayeredDevice implements LayeredBlockDevice {
         }
     }
 
+    private void acquireOperation() throws SnapshotException {
+        try {
+            if (operation.tryLock(10, java.util.concurrent.TimeUnit.SECONDS)) {
+                return;
+            }
+        } catch (final InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+        throw new SnapshotException(SnapshotException.Code.REFUSED, "another snapshot operation (such as the merge"
+            + " of a deleted snapshot) is running on " + dir.getFileName() + "; retry when it is done");
+    }
+
     private void checkBroken() throws StorageException {
         final StorageException b = broken;
         if (b != null) {
@@ -986,6 +1028,7 @@ public final class LayeredDevice implements LayeredBlockDevice {
     }
 
     private void createSparse(final Path data) throws IOException {
+        Files.createFile(data, OWNER_ONLY);
         try (java.io.RandomAccessFile file = new java.io.RandomAccessFile(data.toFile(), "rw")) {
             file.setLength(size); // ftruncate: a hole of the full size
             file.getFD().sync();

@@ -23,6 +23,10 @@ public final class VolumeException extends Exception {
         LOCKED,
         /** The volume's record or data is damaged, or of a format this build does not read. */
         CORRUPT,
+        /** No snapshot of that name. */
+        SNAPSHOT_NOT_FOUND,
+        /** A snapshot of that name exists already. */
+        SNAPSHOT_EXISTS,
         /** The volume's layer metadata cannot be trusted, or carries the needs-check flag: run nbdtail check. */
         NEEDS_CHECK,
         /** A snapshot or volume of that name does not exist, or the operation is refused in this state. */

@@ -179,6 +179,28 @@ public final class VolumeService {
             device == null ? VolumeMetadata.Kind.FILE : VolumeMetadata.Kind.BLOCK_DEVICE, volumeSize,
             device == null ? null : device.toString(), description == null ? "" : description, readOnly,
             Instant.now().truncatedTo(ChronoUnit.MILLIS));
+        place(metadata, temp -> {
+            if (device == null) {
+                createSparseFile(temp.resolve(DATA), volumeSize);
+            }
+        });
+        LOG.info("created volume {} ({} bytes, {})", name, volumeSize, metadata.kind());
+        return metadata;
+    }
+
+    /** Fills a half-built volume directory. */
+    @FunctionalInterface
+    private interface Populate {
+        void into(Path dir) throws IOException;
+    }
+
+    /**
+     * Builds a volume in a hidden directory, writes its record, and renames it into place in one atomic step, so
+     * a crash leaves either no volume or a whole one (and a dot-directory that {@link #open} removes).
+     */
+    private void place(final VolumeMetadata metadata, final Populate populate) throws VolumeException {
+        final String name = metadata.name();
+        final Path dir = volumesDir.resolve(name);
         final Path temp = volumesDir.resolve("." + name + CREATING + randomSuffix());
         Lock lock = null;
         boolean renamed = false;
@@ -187,9 +209,7 @@ public final class VolumeService {
             // Held until the volume is in place, so that no other process's clean-up takes the half-built
             // directory for a crash leftover.
             lock = tryLock(temp.resolve(LOCK), true);
-            if (device == null) {
-                createSparseFile(temp.resolve(DATA), volumeSize);
-            }
+            populate.into(temp);
             writeRecord(temp, metadata);
             try {
                 Files.move(temp, dir, StandardCopyOption.ATOMIC_MOVE);
@@ -219,8 +239,71 @@ public final class VolumeService {
                 deleteTree(temp);
             }
         }
-        LOG.info("created volume {} ({} bytes, {})", name, volumeSize, metadata.kind());
+    }
+
+    // ------------------------------------------------------------------------------------------------ snapshots
+
+    /**
+     * Creates volume {@code newName} from snapshot {@code snapshot} of the open volume {@code source}: a writable
+     * volume that shares the snapshot's frozen layer files (hard links: no data is copied) and starts with an
+     * empty active layer of its own.
+     */
+    public VolumeMetadata cloneVolume(final Volume source, final String snapshot, final String newName)
+        throws VolumeException {
+        checkName(newName);
+        final LayeredDevice layers = source.layers();
+        if (layers == null) {
+            throw new VolumeException(VolumeException.Code.CONFLICT, "'" + source.name() + "' is a snapshot view;"
+                + " clone from the volume");
+        }
+        if (Files.exists(volumesDir.resolve(newName), LinkOption.NOFOLLOW_LINKS)) {
+            throw alreadyExists(newName, volumesDir.resolve(newName));
+        }
+        final VolumeMetadata from = source.metadata();
+        final VolumeMetadata metadata = new VolumeMetadata(VolumeMetadata.FORMAT_VERSION, UUID.randomUUID(), newName,
+            VolumeMetadata.Kind.FILE, from.size(), null, "clone of " + from.name() + "@" + snapshot, false,
+            Instant.now().truncatedTo(ChronoUnit.MILLIS));
+        try {
+            place(metadata, temp -> layers.cloneTo(snapshot, temp, metadata.id(), temp.resolve(DATA), Instant.now()));
+        } catch (final VolumeException e) {
+            if (e.getCause() instanceof io.nbdtail.layer.SnapshotException se) {
+                throw snapshotError(se);
+            }
+            throw e;
+        }
+        LOG.info("cloned volume {} from {}@{}", newName, from.name(), snapshot);
         return metadata;
+    }
+
+    /** Maps a refused snapshot operation to the volume error the API and CLI report. */
+    public static VolumeException snapshotError(final io.nbdtail.layer.SnapshotException e) {
+        return new VolumeException(switch (e.code()) {
+            case NOT_FOUND -> VolumeException.Code.SNAPSHOT_NOT_FOUND;
+            case ALREADY_EXISTS -> VolumeException.Code.SNAPSHOT_EXISTS;
+            case TOO_DEEP, REFUSED -> VolumeException.Code.CONFLICT;
+        }, e.getMessage(), e);
+    }
+
+    /**
+     * Checks a closed volume's layers (see {@link io.nbdtail.layer.Checker}); with {@code repair}, frees leaked
+     * space and clears the needs-check flag if nothing is corrupt.
+     *
+     * @throws VolumeException {@code LOCKED} while a server serves the volume.
+     */
+    public io.nbdtail.layer.Checker.Report check(final String name, final boolean repair) throws VolumeException {
+        checkName(name);
+        final Path dir = existing(name);
+        final Path lockFile = dir.resolve(LOCK);
+        try (Lock ignored = lock(name, lockFile, "volume '" + name + "' is in use by another nbdtail process (lock "
+            + lockFile + " is held); stop serving it, then check it")) {
+            final VolumeMetadata metadata = readRecord(dir);
+            final Path data = dataPath(dir, metadata);
+            return new io.nbdtail.layer.Checker(dir, metadata.id(), metadata.size(), Files.exists(data) ? data : null,
+                nativeIo).check(repair);
+        } catch (final IOException e) {
+            throw new VolumeException(VolumeException.Code.IO_ERROR, "cannot check volume '" + name + "': "
+                + reason(e), e);
+        }
     }
 
     private static void createSparseFile(final Path file, final long size) throws IOException {

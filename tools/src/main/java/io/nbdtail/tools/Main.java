@@ -25,7 +25,8 @@ import java.util.Properties;
  */
 @Command(name = "nbdtail", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
     description = "Block-storage server for tails: serves volumes to qemu over NBD.",
-    subcommands = {ServeCommand.class, VolumeCommand.class, StatusCommand.class, ClientsCommand.class,
+    subcommands = {ServeCommand.class, VolumeCommand.class, SnapshotCommand.class, CheckCommand.class,
+        StatusCommand.class, ClientsCommand.class,
         AclCommand.class, OperationCommand.class, CompletionCommand.class, CommandLine.HelpCommand.class})
 public final class Main {
     /** The exit code of a command that ran and failed. */

@@ -261,7 +261,7 @@ final class VolumeCommand {
      * Takes the data directory lock for a change. Whoever holds it is a server (whose control API makes the
      * change instead) or another volume command (which will be done in a moment).
      */
-    private static AutoCloseable lockForChange(final VolumeService service, final String action)
+    static AutoCloseable lockForChange(final VolumeService service, final String action)
         throws VolumeException {
         try {
             return service.lockDataDirectory();

@@ -13,6 +13,7 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 
@@ -61,7 +62,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
     private int optionLength;
     /** The export a SET_META_CONTEXT was made for; the selection applies only to that export. */
     private String metaContextExport;
-    private boolean baseAllocationSelected;
+    private List<MetaContext> selectedContexts = List.of();
     private ScheduledFuture<?> timeout;
 
     public NbdHandshakeHandler(final NbdServerContext context) {
@@ -287,7 +288,9 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
     private void metaContext(final ChannelHandlerContext ctx, final ByteBuf data) {
         final boolean set = option == OPT_SET_META_CONTEXT;
         // The spec: a SET "replaces all previously-set metadata contexts (including when this command fails)".
-        baseAllocationSelected &= !set;
+        if (set) {
+            selectedContexts = List.of();
+        }
         if (set && !structuredReplies) {
             reply(ctx, invalid(ctx, "SET_META_CONTEXT needs structured replies first"));
             return;
@@ -303,8 +306,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
         }
         final String name = data.readCharSequence((int) nameLength, StandardCharsets.UTF_8).toString();
         final long queries = data.readUnsignedInt();
-        boolean all = queries == 0;
-        boolean base = false;
+        final List<String> asked = new ArrayList<>();
         for (long i = 0; i < queries; i++) {
             if (data.readableBytes() < 4) {
                 reply(ctx, invalid(ctx, "query count " + queries + " does not match the option length"));
@@ -315,28 +317,31 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
                 reply(ctx, invalid(ctx, "query length " + queryLength + " is invalid"));
                 return;
             }
-            final String query = data.readCharSequence((int) queryLength, StandardCharsets.UTF_8).toString();
-            if (query.equals(CONTEXT_BASE_ALLOCATION) || (!set && query.equals("base:"))) {
-                base = true;
-            }
+            asked.add(data.readCharSequence((int) queryLength, StandardCharsets.UTF_8).toString());
         }
         if (data.isReadable()) {
             reply(ctx, invalid(ctx, "trailing bytes after the queries"));
             return;
         }
-        if (context.exports().find(name, ctx.channel().remoteAddress()) == null) {
+        final Export export = context.exports().find(name, ctx.channel().remoteAddress());
+        if (export == null) {
             reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_UNKNOWN,
                 "export '" + name + "' is not available"));
             return;
         }
-        if (set) {
-            // A SET replaces the previous selection, even with no match.
-            metaContextExport = name;
-            baseAllocationSelected = base;
+        final List<MetaContext> matched = new ArrayList<>();
+        for (final MetaContext offered : MetaContext.offeredBy(export.volume())) {
+            // A LIST without queries lists everything; a SET without queries selects nothing.
+            if (!set && asked.isEmpty() || asked.stream().anyMatch(q -> offered.matches(q, !set))) {
+                matched.add(offered);
+            }
         }
-        if (base || (all && !set)) {
-            ctx.write(NbdReplies.metaContext(ctx.alloc(), option, set ? BASE_ALLOCATION_ID : 0,
-                CONTEXT_BASE_ALLOCATION), ctx.voidPromise());
+        if (set) {
+            metaContextExport = name;
+            selectedContexts = matched;
+        }
+        for (final MetaContext m : matched) {
+            ctx.write(NbdReplies.metaContext(ctx.alloc(), option, set ? m.id() : 0, m.name()), ctx.voidPromise());
         }
         reply(ctx, NbdReplies.optionAck(ctx.alloc(), option));
     }
@@ -346,9 +351,8 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
         state = State.DONE;
         cancelTimeout();
         ctx.flush();
-        final int baseAllocationId = baseAllocationSelected && name.equals(metaContextExport)
-            ? BASE_ALLOCATION_ID : 0;
-        final NbdSession session = new NbdSession(export, structuredReplies, flags, baseAllocationId,
+        final List<MetaContext> contexts = name.equals(metaContextExport) ? selectedContexts : List.of();
+        final NbdSession session = new NbdSession(export, structuredReplies, flags, contexts,
             String.valueOf(ctx.channel().remoteAddress()));
         final ChannelPipeline pipeline = ctx.pipeline();
         pipeline.addAfter(ctx.name(), "nbd-request-decoder",

@@ -10,6 +10,7 @@ import io.nbdtail.storage.FlushWaiter;
 import io.nbdtail.storage.StorageException;
 import io.nbdtail.volume.Volume;
 import io.netty.buffer.ByteBuf;
+import io.netty.buffer.CompositeByteBuf;
 import io.netty.buffer.ByteBufAllocator;
 import io.netty.util.Recycler;
 
@@ -310,25 +311,47 @@ final class NbdOperation implements Runnable, FlushWaiter {
         return e;
     }
 
-    /** One BLOCK_STATUS chunk for {@code base:allocation}, the only context served so far. */
+    /** One BLOCK_STATUS chunk per selected metadata context, the last one flagged DONE. */
     private ByteBuf blockStatus(final Volume volume, final long offset, final long length) throws StorageException {
         final int max = request.hasFlag(NbdConstants.CMD_FLAG_REQ_ONE) ? 1 : handler.config().maxBlockStatusExtents;
-        final Extents extents = extents(max);
-        volume.allocation(offset, length, extents, max);
-        if (extents.count == 0) {
-            throw new StorageException(StorageException.Kind.IO_ERROR, "no allocation information at offset "
-                + offset);
+        final java.util.List<MetaContext> contexts = handler.session().contexts();
+        final CompositeByteBuf reply = handler.alloc().compositeBuffer(contexts.size());
+        try {
+            for (int c = 0; c < contexts.size(); c++) {
+                final MetaContext context = contexts.get(c);
+                final Extents extents = extents(max);
+                switch (context.kind()) {
+                    case BASE_ALLOCATION -> volume.allocation(offset, length, extents, max);
+                    case ALLOCATION_DEPTH -> volume.depth(offset, length, extents, max);
+                    case DIRTY_BITMAP -> {
+                        if (volume.dirty(context.snapshot(), offset, length, extents, max) < 0) {
+                            // The snapshot went after the client selected its bitmap: say "changed", which makes
+                            // a backup copy too much, never too little.
+                            extents.reset(max);
+                            extents.extent(length, 1);
+                        }
+                    }
+                }
+                if (extents.count == 0) {
+                    throw new StorageException(StorageException.Kind.IO_ERROR, "no " + context.name()
+                        + " information at offset " + offset);
+                }
+                final int payload = 4 + 8 * extents.count;
+                final ByteBuf buf = handler.alloc().ioBuffer(NbdConstants.CHUNK_HEADER_LENGTH + payload);
+                NbdReplies.writeChunkHeader(buf, c == contexts.size() - 1 ? NbdConstants.REPLY_FLAG_DONE : 0,
+                    NbdConstants.REPLY_TYPE_BLOCK_STATUS, request.cookie(), payload);
+                buf.writeInt(context.id());
+                for (int i = 0; i < extents.count; i++) {
+                    buf.writeInt((int) extents.lengths[i]);
+                    buf.writeInt(extents.flags[i]);
+                }
+                reply.addComponent(true, buf);
+            }
+            return reply;
+        } catch (final StorageException | RuntimeException e) {
+            reply.release();
+            throw e;
         }
-        final int payload = 4 + 8 * extents.count;
-        final ByteBuf buf = handler.alloc().ioBuffer(NbdConstants.CHUNK_HEADER_LENGTH + payload);
-        NbdReplies.writeChunkHeader(buf, NbdConstants.REPLY_FLAG_DONE, NbdConstants.REPLY_TYPE_BLOCK_STATUS,
-            request.cookie(), payload);
-        buf.writeInt(handler.session().baseAllocationId());
-        for (int i = 0; i < extents.count; i++) {
-            buf.writeInt((int) extents.lengths[i]);
-            buf.writeInt(extents.flags[i]);
-        }
-        return buf;
     }
 
     /** Collects extents, merging neighbours with equal flags. Reused by one storage thread. */

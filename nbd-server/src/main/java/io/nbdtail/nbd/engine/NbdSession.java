@@ -6,13 +6,17 @@ package io.nbdtail.nbd.engine;
  * @param export               the export being served.
  * @param structuredReplies    whether NBD_OPT_STRUCTURED_REPLY was negotiated.
  * @param transmissionFlags    the flags sent to the client.
- * @param baseAllocationId     the context id of {@code base:allocation}, or 0 if not selected.
+ * @param contexts             the metadata contexts selected for this export, in the order BLOCK_STATUS reports them.
  * @param client               the client's address, for logs.
  */
-public record NbdSession(Export export, boolean structuredReplies, int transmissionFlags, int baseAllocationId,
-                         String client) {
+public record NbdSession(Export export, boolean structuredReplies, int transmissionFlags,
+                         java.util.List<MetaContext> contexts, String client) {
+    public NbdSession {
+        contexts = java.util.List.copyOf(contexts);
+    }
+
     /** {@code true} if any metadata context was selected for this export. */
     public boolean hasMetaContexts() {
-        return baseAllocationId != 0;
+        return !contexts.isEmpty();
     }
 }

@@ -164,7 +164,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         }
         LOG.info("open client={} export={} flags=0x{} structured={} contexts={}", session.client(), export.name(),
             Integer.toHexString(session.transmissionFlags()), session.structuredReplies() ? "yes" : "no",
-            session.hasMetaContexts() ? "[" + NbdConstants.CONTEXT_BASE_ALLOCATION + "]" : "[]");
+            session.contexts().stream().map(MetaContext::name).toList());
         if (context.shuttingDown()) {
             beginDrain();
         }

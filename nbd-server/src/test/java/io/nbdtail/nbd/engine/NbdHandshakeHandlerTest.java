@@ -420,20 +420,22 @@ class NbdHandshakeHandlerTest {
     }
 
     @Test
-    void shouldListBaseAllocationForEmptyQueryList() {
+    void shouldListEveryContextForEmptyQueryList() {
         final Peer peer = haggling();
 
         peer.send(option(OPT_STRUCTURED_REPLY), option(OPT_LIST_META_CONTEXT, metaContextData("disk")));
 
         final List<OptionReply> replies = peer.optionReplies();
-        assertThat(replies).hasSize(3);
+        assertThat(replies).hasSize(4);
+        assertThat(new String(replies.get(2).data(), 4, replies.get(2).data().length - 4)).isEqualTo(
+            "qemu:allocation-depth");
         assertThat(replies.get(1).type()).isEqualTo(REP_META_CONTEXT);
         assertThat(replies.get(1).option()).isEqualTo(OPT_LIST_META_CONTEXT);
         final ByteBuffer body = replies.get(1).body();
         body.getInt(); // context id: meaningless for LIST
         assertThat(new String(replies.get(1).data(), 4, replies.get(1).data().length - 4)).isEqualTo(
             CONTEXT_BASE_ALLOCATION);
-        assertAck(replies.get(2), OPT_LIST_META_CONTEXT);
+        assertAck(replies.get(3), OPT_LIST_META_CONTEXT);
     }
 
     @Test
@@ -815,14 +817,14 @@ class NbdHandshakeHandlerTest {
         peer.send(fullClientStream());
 
         final List<OptionReply> replies = new ArrayList<>();
-        for (int i = 0; i < 14; i++) {
+        for (int i = 0; i < 15; i++) {
             replies.add(peer.optionReply());
         }
         assertThat(replies).extracting(OptionReply::type).containsExactly(
             REP_ERR_UNSUP,
             REP_SERVER, REP_ACK,
             REP_ACK,
-            REP_META_CONTEXT, REP_ACK,
+            REP_META_CONTEXT, REP_META_CONTEXT, REP_ACK,
             REP_META_CONTEXT, REP_ACK,
             REP_INFO, REP_INFO, REP_INFO, REP_INFO, REP_ACK,
             REP_INFO);

@@ -23,7 +23,7 @@ public final class Output {
     }
 
     /** The API's JSON, indented: what {@code --json} prints. */
-    static void json(final PrintWriter out, final JsonNode node) {
+    public static void json(final PrintWriter out, final JsonNode node) {
         try {
             out.println(JSON.writeValueAsString(node));
         } catch (final JsonProcessingException e) {

@@ -124,7 +124,12 @@ public final class Checker {
                     if (expected.contains(f.getFileName().toString())) {
                         continue;
                     }
-                    final long bytes = Files.isRegularFile(f) ? (Long) Files.getAttribute(f, "unix:blocks") * 512 : 0;
+                    long bytes = 0;
+                    if (Files.isRegularFile(f)) {
+                        try (FileBlockDevice orphan = FileBlockDevice.open(f, true, nativeIo)) {
+                            bytes = LayeredDevice.allocated(orphan);
+                        }
+                    }
                     leaked += bytes;
                     leaks.add("file " + dir.relativize(f) + " (" + bytes + " bytes) belongs to no layer");
                     if (repair && !manifestCorrupt) { // with a damaged manifest, an unlisted file may be a layer

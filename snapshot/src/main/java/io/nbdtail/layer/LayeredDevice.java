@@ -250,9 +250,27 @@ public final class LayeredDevice implements LayeredBlockDevice {
             if (layer.data().isBlockDevice()) {
                 return size;
             }
-            return (Long) Files.getAttribute(layer.dataPath(), "unix:blocks") * 512L;
+            return allocated(layer.data());
         }
         return layer.map().count(ClusterMap.DATA) * clusterSize;
+    }
+
+    /** The bytes of {@code device} that are not holes (SEEK_DATA/SEEK_HOLE). */
+    static long allocated(final BlockDevice device) throws StorageException {
+        final long end = device.size();
+        final long[] total = {0};
+        long pos = 0;
+        while (pos < end) {
+            final long[] walked = {0};
+            device.allocation(pos, end - pos, (length, flags) -> {
+                walked[0] += length;
+                if ((flags & ExtentSink.HOLE) == 0) {
+                    total[0] += length;
+                }
+            }, 1024);
+            pos += Math.max(walked[0], 1);
+        }
+        return total[0];
     }
 
     // ------------------------------------------------------------------------------------------------ I/O

@@ -64,9 +64,15 @@ final class ServerProcess implements AutoCloseable {
 
     /** Starts {@code nbdtail serve} and waits until it accepts connections. */
     static ServerProcess start(final Path dataDir, final Path log) throws Exception {
+        return start(dataDir, log, List.of());
+    }
+
+    /** Starts {@code nbdtail serve} with extra JVM options (such as a test fault point) before {@code -jar}. */
+    static ServerProcess start(final Path dataDir, final Path log, final List<String> jvmOptions) throws Exception {
         final int port = freePort();
         final int apiPort = freePort();
         final List<String> cmd = java();
+        cmd.addAll(1, jvmOptions);
         cmd.addAll(List.of("serve", "--data-dir", dataDir.toString(), "--listen", "127.0.0.1:" + port,
             "--api-listen", "127.0.0.1:" + apiPort));
         final Process p = new ProcessBuilder(cmd).redirectErrorStream(true)
@@ -113,6 +119,15 @@ final class ServerProcess implements AutoCloseable {
 
     String uri(final String export) {
         return "nbd://127.0.0.1:" + port + "/" + export;
+    }
+
+    boolean isAlive() {
+        return process.isAlive();
+    }
+
+    /** Waits for the process to end by itself; returns its exit code, or -1 if it is still running. */
+    int awaitExit(final long timeoutSeconds) throws InterruptedException {
+        return process.waitFor(timeoutSeconds, TimeUnit.SECONDS) ? process.exitValue() : -1;
     }
 
     long pid() {

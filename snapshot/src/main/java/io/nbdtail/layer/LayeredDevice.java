@@ -560,8 +560,33 @@ public final class LayeredDevice implements LayeredBlockDevice {
         try {
             checkBroken();
             syncActive(live);
+        } catch (final StorageException e) {
+            if (e.kind() == StorageException.Kind.IO_ERROR) {
+                flagNeedsCheck("a sync failed: " + e.getMessage());
+            }
+            throw e;
         } finally {
             gate.unlockRead(stamp);
+        }
+    }
+
+    /**
+     * Records in the manifest that the volume needs {@code nbdtail check} before it is served again (reliability.md
+     * C8). Best effort: the disc that failed the sync may fail this write too, and the volume has stopped taking
+     * writes either way.
+     */
+    private void flagNeedsCheck(final String reason) {
+        final Manifest m = manifest;
+        if (m == null || m.needsCheck() || readOnly) {
+            return;
+        }
+        try {
+            final Manifest flagged = m.withNeedsCheck(true, reason);
+            flagged.write(dir);
+            manifest = flagged;
+            LOG.error("{}: marked as needing 'nbdtail check' ({})", dir.getFileName(), reason);
+        } catch (final IOException e) {
+            LOG.error("{}: could not record that the volume needs checking: {}", dir.getFileName(), e.toString());
         }
     }
 

@@ -445,9 +445,16 @@ public final class ApiServer implements AutoCloseable {
         if (volume.failure() != null) {
             node.put("failure", volume.failure().getMessage());
         }
-        final ObjectNode layer = node.putArray("layers").addObject();
-        layer.put("name", "base");
-        layer.put("kind", m.kind() == VolumeMetadata.Kind.FILE ? "file" : "device");
+        // The live chain, bottom first: the snapshots below the active layer, then the active layer itself.
+        final ArrayNode layers = node.putArray("layers");
+        if (volume.layers() != null) {
+            for (final LayeredDevice.SnapshotInfo s : volume.layers().snapshots()) {
+                if (s.inLiveChain()) {
+                    layers.addObject().put("snapshot", s.name()).put("ownedBytes", s.ownedBytes());
+                }
+            }
+            layers.addObject().putNull("snapshot").put("ownedBytes", volume.layers().activeOwnedBytes());
+        }
         node.set("clients", clients(export));
         node.set("acl", acl(export));
         return node;

@@ -241,6 +241,11 @@ class SnapshotIT {
             .assertSuccess();
         qemuIo("merge", "read -P 0x22 0 8M", "read -P 0x11 8M 8M");
         assertThat(call("GET", "/v1/volumes/merge/snapshots", null, 200)).hasSize(1);
+        // The base file was merged away: the volume still describes itself, chain bottom first.
+        final JsonNode volume = call("GET", "/v1/volumes/merge", null, 200);
+        assertThat(volume.get("layers")).hasSize(2);
+        assertThat(volume.get("layers").get(0).get("snapshot").asText()).isEqualTo("newer");
+        assertThat(volume.get("allocatedBytes").asLong()).isGreaterThan(0);
         call("GET", "/v1/volumes/merge/snapshots/old", null, 404);
     }
 

@@ -455,9 +455,26 @@ public final class VolumeService {
         final Path dir = existing(name);
         final VolumeMetadata metadata = readRecord(dir);
         final Path data = dataPath(dir, metadata);
-        final long allocated = metadata.kind() == VolumeMetadata.Kind.FILE ? allocatedBytes(name, data)
-            : metadata.size();
-        return new VolumeInfo(metadata, data, allocated, lockHeld(dir.resolve(LOCK)));
+        long allocated = 0;
+        if (metadata.kind() == VolumeMetadata.Kind.BLOCK_DEVICE) {
+            allocated = metadata.size();
+        } else if (Files.exists(data) || !Files.exists(dir.resolve(Manifest.FILE))) {
+            allocated = allocatedBytes(name, data);
+        }
+        // Snapshot layers: every layer's data file counts, shared clone layers included.
+        final Path layers = dir.resolve("layers");
+        if (Files.isDirectory(layers)) {
+            try (java.util.stream.Stream<Path> files = Files.list(layers)) {
+                for (final Path f : files.filter(f -> f.getFileName().toString().endsWith(".data")).toList()) {
+                    allocated += allocatedBytes(name, f);
+                }
+            } catch (final IOException e) {
+                throw new VolumeException(VolumeException.Code.IO_ERROR, "cannot inspect " + layers + ": "
+                    + reason(e), e);
+            }
+        }
+        return new VolumeInfo(metadata, Files.exists(data) || metadata.kind() == VolumeMetadata.Kind.BLOCK_DEVICE
+            ? data : dir, allocated, lockHeld(dir.resolve(LOCK)));
     }
 
     /** Bytes of {@code data} that hold data, found by walking {@code SEEK_DATA}/{@code SEEK_HOLE}. */

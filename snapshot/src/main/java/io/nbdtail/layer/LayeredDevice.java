@@ -58,7 +58,8 @@ public final class LayeredDevice implements LayeredBlockDevice {
     private final UUID volumeId;
     private final NativeIo nativeIo;
     private final boolean readOnly;
-    private final long size;
+    /** Changes only by {@link #grow}, which only a plain volume (no layers yet) allows. */
+    private volatile long size;
     private final int clusterSize;
     private final BlockDevice baseDevice;
     private final Path basePath;
@@ -545,6 +546,8 @@ public final class LayeredDevice implements LayeredBlockDevice {
                     + " delete its snapshots first");
             }
             live.layers[0].data().grow(newSize);
+            size = newSize;
+            live = new Chain(live.layers, null, newSize, clusterSize);
         } finally {
             gate.unlockRead(stamp);
         }

@@ -1,6 +1,7 @@
 package io.nbdtail.nbd.engine;
 
 import com.fasterxml.jackson.annotation.JsonIgnoreProperties;
+import io.nbdtail.nbd.tls.TlsConfig;
 
 /**
  * Limits and sizing of the NBD server. Every field has a safe default; {@link #conclude()} checks the
@@ -41,6 +42,8 @@ public final class NbdServerConfig {
     public int storageThreads = 0;
     /** How long a graceful shutdown waits for requests in flight before closing anyway. */
     public long shutdownTimeoutMillis = 30_000;
+    /** NBD_OPT_STARTTLS: off unless configured (see {@link TlsConfig} and docs/security.md). */
+    public TlsConfig tls = new TlsConfig();
 
     /** Checks the values and fills in the derived defaults; returns {@code this}. */
     public NbdServerConfig conclude() {
@@ -61,6 +64,10 @@ public final class NbdServerConfig {
         require(eventLoopThreads >= 0 && storageThreads >= 0, "thread counts must not be negative",
             Math.min(eventLoopThreads, storageThreads));
         require(shutdownTimeoutMillis >= 0, "shutdownTimeoutMillis must not be negative", shutdownTimeoutMillis);
+        if (tls == null) {
+            tls = new TlsConfig();
+        }
+        tls.parsedMode();
         final int cores = Runtime.getRuntime().availableProcessors();
         if (eventLoopThreads == 0) {
             eventLoopThreads = cores;

@@ -121,6 +121,14 @@ class NbdTlsIT {
     }
 
     @Test
+    void tls12WorksToo() {
+        final List<String> command = ExternalTool.args("qemu-io", "--object", "tls-creds-x509,id=tls0,endpoint=client,"
+            + "dir=" + clientA + ",priority=NORMAL:-VERS-TLS1.3", "--image-opts", "driver=nbd,host=127.0.0.1,port="
+            + required.port() + ",export=vol-a,tls-creds=tls0", "-c", "write -P 0x11 8M 1M", "-c", "read -P 0x11 8M 1M");
+        assertThat(ExternalTool.run(command).assertSuccess().output()).doesNotContain("Pattern verification failed");
+    }
+
+    @Test
     void nbdinfoSeesOnlyTheVolumesItsCertificateMayOpen() throws Exception {
         final JsonNode info = JSON.readTree(ExternalTool.run("nbdinfo", "--json", nbds(required, "vol-a", clientA))
             .assertSuccess().stdout());

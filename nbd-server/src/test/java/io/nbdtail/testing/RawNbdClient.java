@@ -105,6 +105,58 @@ public final class RawNbdClient implements AutoCloseable {
         }
     }
 
+    /** Sends GO for {@code name} and returns the transmission flags; the connection is then in transmission. */
+    public int go(final String name) throws IOException {
+        option(7, infoData(name));
+        int flags = -1;
+        while (true) {
+            final Reply r = reply();
+            if (r.type() == 3 && r.data().length >= 12 && ByteBuffer.wrap(r.data()).getShort() == 0) {
+                flags = ByteBuffer.wrap(r.data()).getShort(10) & 0xffff;
+            } else if (r.type() != 3) {
+                if (r.type() != 1) {
+                    throw new IOException("GO " + name + " refused: " + Integer.toHexString(r.type()) + " " + r.text());
+                }
+                return flags;
+            }
+        }
+    }
+
+    /** A 28-byte transmission request header. */
+    public static byte[] request(final int flags, final int type, final long cookie, final long offset,
+                                 final int length) {
+        return ByteBuffer.allocate(28).putInt(0x25609513).putShort((short) flags).putShort((short) type)
+            .putLong(cookie).putLong(offset).putInt(length).array();
+    }
+
+    /** Writes raw bytes (requests, payloads) and flushes. */
+    public void send(final byte[] bytes) throws IOException {
+        out.write(bytes);
+        out.flush();
+    }
+
+    /** Reads a simple reply header: returns {cookie, error}. */
+    public long[] simpleReply() throws IOException {
+        if (in.readInt() != 0x67446698) {
+            throw new IOException("bad simple reply magic");
+        }
+        final int error = in.readInt();
+        return new long[] {in.readLong(), error};
+    }
+
+    public void readFully(final byte[] into) throws IOException {
+        in.readFully(into);
+    }
+
+    /** The raw output (not flushed per call), for tests that stream requests. */
+    public java.io.OutputStream outputStream() {
+        return out;
+    }
+
+    public void timeout(final int millis) throws IOException {
+        socket.setSoTimeout(millis);
+    }
+
     /** Upgrades this connection to TLS (after the server acknowledged STARTTLS). */
     public void startTls(final SSLContext context, final String host) throws IOException {
         final SSLSocket ssl = (SSLSocket) context.getSocketFactory().createSocket(plain, host, plain.getPort(), true);

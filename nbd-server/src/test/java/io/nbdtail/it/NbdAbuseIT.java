@@ -107,7 +107,8 @@ class NbdAbuseIT {
                 final long directHeld = directUsed() - directBefore;
                 final long millis = wellBehaved(server, 1 << 20);
                 System.out.printf("R1: 10000 idle handshakes: heap +%d KiB (%d bytes each), direct +%d KiB;"
-                    + " well-behaved qemu-io took %d ms%n", heapHeld >> 10, heapHeld / 10_000, directHeld >> 10, millis);
+                    + " well-behaved qemu-io took %d ms%n", heapHeld >> 10, heapHeld / 10_000, directHeld >> 10,
+                    millis);
                 assertThat(heapHeld).as("heap held by 10,000 idle handshakes").isLessThan(200L << 20);
                 assertThat(directHeld).as("direct memory held by 10,000 idle handshakes").isLessThan(32L << 20);
                 // The handshake timeout closes every one of them.

@@ -40,6 +40,7 @@ class NbdTlsIT {
     static Path clientA;
     static Path clientB;
     static Path rogueA;
+    static Path expiredA;
     static TestServer required;
     static TestServer optional;
 
@@ -52,6 +53,7 @@ class NbdTlsIT {
         clientB = pki.client("tenant-b", "CN=host-b,O=Tenant B", pki.caCert());
         // The same subject as Tenant A, signed by a CA the server does not trust.
         rogueA = rogue.client("rogue-a", "CN=host-a,O=Tenant A", pki.caCert());
+        expiredA = pki.expiredClient("expired-a", "CN=host-a,O=Tenant A", pki.caCert());
 
         required = TestServer.start(dir.resolve("required"), config("required", serverDir,
             // Written with spaces and lower case on purpose: subjects compare as X.500 names, not strings.
@@ -124,7 +126,8 @@ class NbdTlsIT {
     void tls12WorksToo() {
         final List<String> command = ExternalTool.args("qemu-io", "--object", "tls-creds-x509,id=tls0,endpoint=client,"
             + "dir=" + clientA + ",priority=NORMAL:-VERS-TLS1.3", "--image-opts", "driver=nbd,host=127.0.0.1,port="
-            + required.port() + ",export=vol-a,tls-creds=tls0", "-c", "write -P 0x11 8M 1M", "-c", "read -P 0x11 8M 1M");
+            + required.port() + ",export=vol-a,tls-creds=tls0", "-c", "write -P 0x11 8M 1M", "-c",
+            "read -P 0x11 8M 1M");
         assertThat(ExternalTool.run(command).assertSuccess().output()).doesNotContain("Pattern verification failed");
     }
 
@@ -191,6 +194,15 @@ class NbdTlsIT {
     void certificatesTheServerDoesNotTrustFailTheTlsHandshake() throws Exception {
         assertThat(ExternalTool.run("nbdinfo", nbds(required, "vol-a", rogueA)).exitCode()).isNotZero();
         assertThat(ExternalTool.run(qemu("qemu-img", required, "vol-a", rogueA, "info")).exitCode()).isNotZero();
+        // Tenant A's subject from the right CA, but expired (the JDK client does not check its own certificate,
+        // so the server's check is what refuses it).
+        try (RawNbdClient c = new RawNbdClient("127.0.0.1", required.port())) {
+            assertThat(c.request(OPT_STARTTLS, new byte[0]).type()).isEqualTo(REP_ACK);
+            assertThatThrownBy(() -> {
+                c.startTls(TestPki.clientContext(expiredA), "127.0.0.1");
+                c.request(OPT_LIST, new byte[0]);
+            }).isInstanceOf(SSLException.class);
+        }
         // No client certificate at all.
         final SSLContext anonymous = SSLContext.getInstance("TLS");
         anonymous.init(null, TestPki.clientContextTrustOnly(clientA), null);

@@ -179,6 +179,12 @@ public final class RawNbdClient implements AutoCloseable {
         }
     }
 
+    /** Closes with a TCP reset (SO_LINGER 0), as a crashed or killed client would. */
+    public void resetNow() throws IOException {
+        plain.setSoLinger(true, 0);
+        plain.close();
+    }
+
     @Override
     public void close() throws IOException {
         socket.close();

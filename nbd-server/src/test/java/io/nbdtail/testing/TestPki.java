@@ -43,8 +43,9 @@ public final class TestPki {
         Files.createDirectories(dir);
         final TestPki pki = new TestPki(dir, caName);
         keytool("-genkeypair", "-alias", "ca", "-keyalg", "EC", "-groupname", "secp256r1", "-dname",
-            "CN=" + caName, "-sigalg", "SHA256withECDSA", "-ext", "bc:c", "-ext", "KU=keyCertSign,cRLSign", "-validity", "2", "-storetype",
-            "PKCS12", "-keystore", pki.caStore.toString(), "-storepass", PASSWORD, "-keypass", PASSWORD);
+            "CN=" + caName, "-sigalg", "SHA256withECDSA", "-ext", "bc:c", "-ext", "KU=keyCertSign,cRLSign",
+            "-validity", "2", "-storetype", "PKCS12", "-keystore", pki.caStore.toString(), "-storepass", PASSWORD,
+            "-keypass", PASSWORD);
         keytool("-exportcert", "-rfc", "-alias", "ca", "-keystore", pki.caStore.toString(), "-storepass", PASSWORD,
             "-file", pki.caCert().toString());
         return pki;
@@ -69,6 +70,12 @@ public final class TestPki {
             "EKU=clientAuth"), serverCa);
     }
 
+    /** Like {@link #client}, but the certificate expired yesterday. */
+    public Path expiredClient(final String name, final String dn, final Path serverCa) throws Exception {
+        return leaf(name, dn, "client", List.of("-ext", "KU=digitalSignature,keyEncipherment", "-ext",
+            "EKU=clientAuth", "-startdate", "-3d", "-validity", "1"), serverCa);
+    }
+
     private Path leaf(final String name, final String dn, final String role, final List<String> ext,
                       final Path ca) throws Exception {
         final Path out = Files.createDirectories(dir.resolve(name));
@@ -81,11 +88,14 @@ public final class TestPki {
             csr.toString());
         final List<String> gencert = new java.util.ArrayList<>(List.of("-gencert", "-rfc", "-alias", "ca",
             "-keystore", caStore.toString(), "-storepass", PASSWORD, "-infile", csr.toString(), "-outfile",
-            out.resolve(role + "-cert.pem").toString(), "-validity", "2",
+            out.resolve(role + "-cert.pem").toString(),
             // keytool's default for P-256 is SHA384withECDSA, which GnuTLS will not match against TLS 1.3's
             // ecdsa_secp256r1_sha256 and then sends no client certificate at all.
             "-sigalg", "SHA256withECDSA"));
         gencert.addAll(ext);
+        if (!ext.contains("-validity")) {
+            gencert.addAll(List.of("-validity", "2"));
+        }
         keytool(gencert.toArray(String[]::new));
         final KeyStore ks = KeyStore.getInstance("PKCS12");
         try (InputStream in = Files.newInputStream(store)) {

@@ -233,12 +233,16 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
 
     /** Called from any thread by {@link VolumeBudget} when the volume has room again. */
     void roomFreed() {
-        ctx.executor().execute(() -> {
-            if (!closed) {
-                dispatchWaiting();
-                updateAutoRead();
-            }
-        });
+        try {
+            ctx.executor().execute(() -> {
+                if (!closed) {
+                    dispatchWaiting();
+                    updateAutoRead();
+                }
+            });
+        } catch (final java.util.concurrent.RejectedExecutionException e) {
+            // The event loop is shutting down; the connection is going with it.
+        }
     }
 
     @Override

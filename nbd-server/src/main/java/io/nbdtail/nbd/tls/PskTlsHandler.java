@@ -2,6 +2,7 @@ package io.nbdtail.nbd.tls;
 
 import io.netty.buffer.ByteBuf;
 import io.netty.buffer.ByteBufUtil;
+import io.netty.buffer.Unpooled;
 import io.netty.channel.ChannelDuplexHandler;
 import io.netty.channel.ChannelHandlerContext;
 import io.netty.channel.ChannelPromise;
@@ -112,10 +113,17 @@ final class PskTlsHandler extends ChannelDuplexHandler {
             promise.setFailure(new IllegalArgumentException("only ByteBuf can be written through TLS"));
             return;
         }
+        if (!buf.isReadable()) {
+            // A flush marker (closeNow writes one), possibly before the TLS handshake has finished.
+            buf.release();
+            ctx.write(Unpooled.EMPTY_BUFFER, promise);
+            return;
+        }
         try {
             final byte[] plain = ByteBufUtil.getBytes(buf);
             protocol.writeApplicationData(plain, 0, plain.length);
-        } catch (final IOException e) {
+        } catch (final IOException | IllegalStateException e) {
+            // IllegalStateException: data before the handshake finished, or after the session closed.
             promise.setFailure(e);
             ctx.close();
             return;

@@ -82,7 +82,9 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
     /** The decoder's request count when a partial request was first seen by the timer; -1 when none. */
     private long partialMark = -1;
     private long partialSinceNanos;
-    private long lastActivityNanos = System.nanoTime();
+    /** The request count when the timer last saw activity, and when; -1 before the first tick. */
+    private long idleMark = -1;
+    private long idleSinceNanos;
 
     private long requests;
     private long errors;
@@ -205,7 +207,8 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         if (closed || draining || disconnecting) {
             return;
         }
-        final long now = System.nanoTime();
+        // The event loop's clock: the system's, or a test's.
+        final long now = ctx.executor().ticker().nanoTime();
         // Only while reading: a request stuck because this server stopped reading is back-pressure, not abuse.
         if (config.requestTimeoutMillis > 0 && decoder != null && ctx.channel().config().isAutoRead()
             && decoder.midRequest()) {
@@ -222,9 +225,13 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         } else {
             partialMark = -1;
         }
-        if (config.idleTimeoutMillis > 0 && inFlight == 0 && waiting.isEmpty()
-            && (decoder == null || !decoder.midRequest())
-            && now - lastActivityNanos > TimeUnit.MILLISECONDS.toNanos(config.idleTimeoutMillis)) {
+        if (config.idleTimeoutMillis == 0) {
+            return;
+        }
+        if (idleMark != requests || inFlight > 0 || !waiting.isEmpty() || (decoder != null && decoder.midRequest())) {
+            idleMark = requests;
+            idleSinceNanos = now;
+        } else if (now - idleSinceNanos > TimeUnit.MILLISECONDS.toNanos(config.idleTimeoutMillis)) {
             LOG.info("closing client={} export={}: idle for more than {} ms (idleTimeoutMillis)", session.client(),
                 export.name(), config.idleTimeoutMillis);
             beginDrain();
@@ -277,7 +284,6 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
             return;
         }
         requests++;
-        lastActivityNanos = System.nanoTime();
         final NbdCommand command = request.command();
         stats.onRequest(command);
         if (command == NbdCommand.DISC) {
@@ -406,7 +412,6 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         inFlight--;
         inFlightBytes -= op.weight;
         budget.release(op.weight);
-        lastActivityNanos = System.nanoTime();
         stats.onCompleted(op.command(), System.nanoTime() - op.startNanos);
         if (closed) {
             op.discard();

@@ -243,6 +243,43 @@ class NbdTlsIT {
         }
     }
 
+    /**
+     * Back-pressure through TLS: 20,000 READs pipelined without reading replies. The server must stop reading
+     * (bounded requests held) exactly as without TLS, and then answer every cookie once.
+     */
+    @Test
+    void pipeliningWithoutReadingIsHeldBackThroughTlsToo() throws Exception {
+        final int count = 20_000;
+        try (RawNbdClient c = tlsClient(required, clientA)) {
+            c.go("vol-a");
+            final Thread writer = new Thread(() -> {
+                try {
+                    for (int i = 0; i < count; i++) {
+                        c.outputStream().write(RawNbdClient.request(0, 0, i, (i * 4096L) % SIZE, 4096));
+                    }
+                    c.outputStream().flush();
+                } catch (final java.io.IOException e) {
+                    throw new java.io.UncheckedIOException(e);
+                }
+            });
+            writer.start();
+            Thread.sleep(2_000);
+            assertThat(required.export("vol-a").inFlightRequests()).as("requests held").isLessThanOrEqualTo(128);
+            final java.util.BitSet seen = new java.util.BitSet(count);
+            final byte[] data = new byte[4096];
+            c.timeout(60_000);
+            for (int i = 0; i < count; i++) {
+                final long[] reply = c.simpleReply();
+                assertThat(reply[1]).isZero();
+                assertThat(seen.get((int) reply[0])).isFalse();
+                seen.set((int) reply[0]);
+                c.readFully(data);
+            }
+            assertThat(seen.cardinality()).isEqualTo(count);
+            writer.join(10_000);
+        }
+    }
+
     @Test
     void optionalTlsHidesAuthorisedVolumesFromPlaintextClients() throws Exception {
         final String plain = "nbd://127.0.0.1:" + optional.port() + "/";

@@ -431,7 +431,12 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
     @Override
     public void exceptionCaught(final ChannelHandlerContext ctx, final Throwable cause) {
         // A reset or a decode failure during the handshake concerns this connection only.
-        LOG.debug("handshake with {} failed: {}", ctx.channel().remoteAddress(), cause.toString());
+        if (tlsActive) {
+            // Usually a certificate or key the operator should hear about (untrusted, expired, missing).
+            LOG.info("TLS with {} failed: {}", ctx.channel().remoteAddress(), cause.toString());
+        } else {
+            LOG.debug("handshake with {} failed: {}", ctx.channel().remoteAddress(), cause.toString());
+        }
         state = State.DONE;
         ctx.close();
     }

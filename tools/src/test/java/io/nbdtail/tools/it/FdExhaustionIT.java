@@ -43,7 +43,7 @@ class FdExhaustionIT {
     void exhaustedDescriptorsRefuseNewClientsButKeepServingTheOpenOnes() throws Exception {
         final Path data = dir.resolve("data");
         ServerProcess.cli("volume", "create", "--data-dir", data.toString(), "--size=16M", "disk").assertSuccess();
-        try (ServerProcess server = ServerProcess.start(data, dir.resolve("server.log"), List.of())) {
+        try (ServerProcess server = ServerProcess.start(data, dir.resolve("server.log"))) {
             final long pid = server.pid();
             final RawNbdClient open = new RawNbdClient("127.0.0.1", server.port());
             open.go("disk");

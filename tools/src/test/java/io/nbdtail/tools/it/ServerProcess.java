@@ -64,17 +64,10 @@ final class ServerProcess implements AutoCloseable {
 
     /** Starts {@code nbdtail serve} and waits until it accepts connections. */
     static ServerProcess start(final Path dataDir, final Path log) throws Exception {
-        return start(dataDir, log, List.of());
-    }
-
-    /** Starts {@code nbdtail serve} with {@code extra} serve arguments (such as --config) and waits for it. */
-    static ServerProcess start(final Path dataDir, final Path log, final List<String> extra) throws Exception {
         final int port = freePort();
         final int apiPort = freePort();
         final List<String> cmd = java();
-        cmd.add("serve");
-        cmd.addAll(extra);
-        cmd.addAll(List.of("--data-dir", dataDir.toString(), "--listen", "127.0.0.1:" + port,
+        cmd.addAll(List.of("serve", "--data-dir", dataDir.toString(), "--listen", "127.0.0.1:" + port,
             "--api-listen", "127.0.0.1:" + apiPort));
         final Process p = new ProcessBuilder(cmd).redirectErrorStream(true)
             .redirectOutput(ProcessBuilder.Redirect.appendTo(log.toFile())).start();

@@ -1,5 +1,6 @@
 package io.nbdtail.server;
 
+import io.nbdtail.nbd.tls.NbdTls;
 import io.nbdtail.volume.VolumeException;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -51,6 +52,9 @@ public final class Daemon {
             }
             config.api.defaultAllow();
             config.nbd.conclude();
+            // Loads the certificates or keys once here so that a TLS mistake is a configuration error (exit 2);
+            // the NBD server loads them again when it starts.
+            NbdTls.create(config.nbd.tls);
         } catch (final Exception e) {
             System.err.println("nbdtail: " + e.getMessage());
             return 2;

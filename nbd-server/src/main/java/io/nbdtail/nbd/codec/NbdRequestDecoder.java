@@ -45,6 +45,8 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
     private long offset;
     private long length;
     private long discardRemaining;
+    /** Requests decoded so far; with {@link #midRequest()} lets a timer see a request that never completes. */
+    private long decoded;
 
     /**
      * @param maxPayload the largest WRITE payload that is accepted and buffered.
@@ -58,6 +60,17 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
         }
         this.maxPayload = maxPayload;
         this.maxDiscard = maxDiscard;
+    }
+
+    /** Requests decoded so far on this connection. */
+    public long decoded() {
+        return decoded;
+    }
+
+    /** Whether part of a request (header or WRITE payload) has arrived and the rest has not. */
+    public boolean midRequest() {
+        return state == State.READ_PAYLOAD || state == State.DISCARD_PAYLOAD
+            || (state == State.READ_HEADER && actualReadableBytes() > 0);
     }
 
     @Override
@@ -79,6 +92,7 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
                 offset = in.readLong();
                 length = in.readUnsignedInt();
                 if (type != NbdCommand.WRITE.type() || length == 0) {
+                    decoded++;
                     out.add(NbdRequest.newInstance(flags, type, cookie, offset, length, null, false));
                     return;
                 }
@@ -89,6 +103,7 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
                         throw new NbdProtocolException("WRITE payload of " + length + " bytes exceeds "
                             + maxDiscard + " bytes");
                     }
+                    decoded++;
                     out.add(NbdRequest.newInstance(flags, type, cookie, offset, length, null, true));
                     discardRemaining = length;
                     state = State.DISCARD_PAYLOAD;
@@ -102,6 +117,7 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
                 }
                 final ByteBuf payload = in.readRetainedSlice((int) length);
                 state = State.READ_HEADER;
+                decoded++;
                 out.add(NbdRequest.newInstance(flags, type, cookie, offset, length, payload, false));
                 return;
             case DISCARD_PAYLOAD:

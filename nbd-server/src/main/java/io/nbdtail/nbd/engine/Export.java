@@ -15,6 +15,7 @@ public final class Export {
     private final Volume volume;
     private final boolean readOnly;
     private final ExportStats stats = new ExportStats();
+    private final VolumeBudget budget = new VolumeBudget();
     private final ConcurrentHashMap<String, NbdTransmissionHandler> connections = new ConcurrentHashMap<>();
     private final java.util.concurrent.atomic.AtomicLong connectionIds = new java.util.concurrent.atomic.AtomicLong();
     /** Who may open this export; {@code null} means the server's default policy. */
@@ -55,6 +56,16 @@ public final class Export {
 
     public ExportStats stats() {
         return stats;
+    }
+
+    /** Requests and bytes in flight on all connections to this export. */
+    VolumeBudget budget() {
+        return budget;
+    }
+
+    /** Requests being served on all connections to this export now. */
+    public int inFlightRequests() {
+        return budget.requests();
     }
 
     public AccessList accessList() {

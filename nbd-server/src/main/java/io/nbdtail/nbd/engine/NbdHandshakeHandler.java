@@ -3,6 +3,8 @@ package io.nbdtail.nbd.engine;
 import io.nbdtail.nbd.codec.NbdReplies;
 import io.nbdtail.nbd.codec.NbdRequestDecoder;
 import io.nbdtail.nbd.protocol.NbdConstants;
+import io.nbdtail.nbd.tls.ClientIdentity;
+import io.nbdtail.nbd.tls.NbdTls;
 import io.netty.buffer.ByteBuf;
 import io.netty.channel.ChannelFutureListener;
 import io.netty.channel.ChannelHandlerContext;
@@ -32,6 +34,9 @@ import static io.nbdtail.nbd.protocol.NbdConstants.*;
  *   <li>Unknown options get ERR_UNSUP and haggling continues; malformed ones get ERR_INVALID.</li>
  *   <li>Unknown client flags, a bad option magic, too many options or a slow handshake close the connection.</li>
  *   <li>An export that does not exist and one the client may not open get the same answer.</li>
+ *   <li>STARTTLS (when TLS is configured): bytes the client sent after it in plaintext close the connection,
+ *       and everything negotiated before it is forgotten (nbdkit's CVE-2021-3716). With TLS required, every
+ *       option but STARTTLS and ABORT gets ERR_TLS_REQD until TLS is up, and EXPORT_NAME closes.</li>
  * </ul>
  */
 public final class NbdHandshakeHandler extends ByteToMessageDecoder {
@@ -53,6 +58,8 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
 
     private final NbdServerContext context;
     private final NbdServerConfig config;
+    /** {@code null} when TLS is off. */
+    private final NbdTls tls;
 
     private State state = State.CLIENT_FLAGS;
     private boolean noZeroes;
@@ -64,10 +71,13 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
     private String metaContextExport;
     private List<MetaContext> selectedContexts = List.of();
     private ScheduledFuture<?> timeout;
+    /** STARTTLS was accepted: everything from here on goes through the TLS handler in front of this one. */
+    private boolean tlsActive;
 
     public NbdHandshakeHandler(final NbdServerContext context) {
         this.context = context;
         this.config = context.config();
+        this.tls = context.tls();
     }
 
     @Override
@@ -148,7 +158,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
                 }
                 final ByteBuf data = in.readSlice(optionLength);
                 state = State.OPTION_HEADER;
-                handleOption(ctx, data);
+                handleOption(ctx, data, in);
                 return;
             case DONE:
                 in.skipBytes(in.readableBytes());
@@ -158,12 +168,22 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
         }
     }
 
-    private void handleOption(final ChannelHandlerContext ctx, final ByteBuf data) {
+    private void handleOption(final ChannelHandlerContext ctx, final ByteBuf data, final ByteBuf in) {
         if (context.shuttingDown() && option != OPT_ABORT) {
             if (option == OPT_EXPORT_NAME) {
                 closeNow(ctx);
             } else {
                 reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_SHUTDOWN, "server is shutting down"));
+            }
+            return;
+        }
+        if (tls != null && tls.required() && !tlsActive && option != OPT_STARTTLS && option != OPT_ABORT) {
+            if (option == OPT_EXPORT_NAME) {
+                LOG.debug("plaintext EXPORT_NAME from {} while TLS is required", ctx.channel().remoteAddress());
+                closeNow(ctx);
+            } else {
+                reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_TLS_REQD,
+                    "this server requires TLS: send NBD_OPT_STARTTLS first"));
             }
             return;
         }
@@ -174,9 +194,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
                 ctx.writeAndFlush(NbdReplies.optionAck(ctx.alloc(), option)).addListener(ChannelFutureListener.CLOSE);
             }
             case OPT_LIST -> list(ctx, data);
-            case OPT_STARTTLS -> reply(ctx, data.isReadable()
-                ? invalid(ctx, "STARTTLS takes no data")
-                : NbdReplies.optionError(ctx.alloc(), option, REP_ERR_POLICY, "TLS is not configured on this server"));
+            case OPT_STARTTLS -> startTls(ctx, data, in);
             case OPT_INFO, OPT_GO -> infoOrGo(ctx, data);
             case OPT_STRUCTURED_REPLY -> structuredReply(ctx, data);
             case OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT -> metaContext(ctx, data);
@@ -192,7 +210,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
             return;
         }
         final String name = data.toString(StandardCharsets.UTF_8);
-        final Export export = context.exports().find(name, ctx.channel().remoteAddress());
+        final Export export = findExport(ctx, name);
         if (export == null) {
             LOG.debug("EXPORT_NAME {} refused for {}", name, ctx.channel().remoteAddress());
             closeNow(ctx);
@@ -203,12 +221,65 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
         startTransmission(ctx, export, flags, name);
     }
 
+    /**
+     * NBD_OPT_STARTTLS: acknowledge in plaintext, put the TLS handler in front of this one, and forget what was
+     * negotiated so far. The client must wait for the acknowledgement before its TLS ClientHello, so bytes that
+     * are already here were sent in plaintext; reading them as if they had come through TLS would let a man in the
+     * middle inject options, so the connection is closed instead.
+     */
+    private void startTls(final ChannelHandlerContext ctx, final ByteBuf data, final ByteBuf in) {
+        if (data.isReadable()) {
+            reply(ctx, invalid(ctx, "STARTTLS takes no data"));
+        } else if (tls == null) {
+            reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_POLICY, "TLS is not configured on this"
+                + " server"));
+        } else if (tlsActive) {
+            reply(ctx, invalid(ctx, "TLS is already active"));
+        } else if (in.isReadable()) {
+            reject(ctx, in, "plaintext bytes pipelined after STARTTLS");
+        } else {
+            // Written before the TLS handler exists, so the acknowledgement goes out in plaintext.
+            ctx.writeAndFlush(NbdReplies.optionAck(ctx.alloc(), option), ctx.voidPromise());
+            ctx.pipeline().addBefore(ctx.name(), "nbd-tls", tls.newHandler(ctx.alloc()));
+            tlsActive = true;
+            structuredReplies = false;
+            metaContextExport = null;
+            selectedContexts = List.of();
+        }
+    }
+
+    /** The identity the client proved over TLS, or {@code null}. */
+    private ClientIdentity clientIdentity(final ChannelHandlerContext ctx) {
+        return tlsActive ? NbdTls.identity(ctx.pipeline()) : null;
+    }
+
+    /**
+     * The export called {@code name} if this client may open it: the address check of the registry, then the TLS
+     * authorization. A refusal looks exactly like a name that does not exist.
+     */
+    private Export findExport(final ChannelHandlerContext ctx, final String name) {
+        final Export export = context.exports().find(name, ctx.channel().remoteAddress());
+        if (export == null || tls == null) {
+            return export;
+        }
+        final ClientIdentity identity = clientIdentity(ctx);
+        if (!tls.authorizes(export.name(), identity)) {
+            LOG.info("refused export={} to client={} identity={}: not allowed by nbd.tls.authorization",
+                export.name(), ctx.channel().remoteAddress(), identity == null ? "none (no TLS)" : identity);
+            return null;
+        }
+        return export;
+    }
+
     private void list(final ChannelHandlerContext ctx, final ByteBuf data) {
         if (data.isReadable()) {
             reply(ctx, invalid(ctx, "LIST takes no data"));
             return;
         }
         for (final Export export : context.exports().list(ctx.channel().remoteAddress())) {
+            if (tls != null && !tls.authorizes(export.name(), clientIdentity(ctx))) {
+                continue;
+            }
             ctx.write(NbdReplies.optionServer(ctx.alloc(), option, export.name(), export.description()),
                 ctx.voidPromise());
         }
@@ -256,7 +327,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
             wantName |= info == INFO_NAME;
             wantDescription |= info == INFO_DESCRIPTION;
         }
-        final Export export = context.exports().find(name, ctx.channel().remoteAddress());
+        final Export export = findExport(ctx, name);
         if (export == null) {
             reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_UNKNOWN,
                 "export '" + name + "' is not available"));
@@ -323,7 +394,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
             reply(ctx, invalid(ctx, "trailing bytes after the queries"));
             return;
         }
-        final Export export = context.exports().find(name, ctx.channel().remoteAddress());
+        final Export export = findExport(ctx, name);
         if (export == null) {
             reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_UNKNOWN,
                 "export '" + name + "' is not available"));
@@ -364,7 +435,12 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
     @Override
     public void exceptionCaught(final ChannelHandlerContext ctx, final Throwable cause) {
         // A reset or a decode failure during the handshake concerns this connection only.
-        LOG.debug("handshake with {} failed: {}", ctx.channel().remoteAddress(), cause.toString());
+        if (tlsActive) {
+            // Usually a certificate or key the operator should hear about (untrusted, expired, missing).
+            LOG.info("TLS with {} failed: {}", ctx.channel().remoteAddress(), cause.toString());
+        } else {
+            LOG.debug("handshake with {} failed: {}", ctx.channel().remoteAddress(), cause.toString());
+        }
         state = State.DONE;
         ctx.close();
     }

@@ -1,6 +1,7 @@
 package io.nbdtail.nbd.engine;
 
 import com.fasterxml.jackson.annotation.JsonIgnoreProperties;
+import io.nbdtail.nbd.tls.TlsConfig;
 
 /**
  * Limits and sizing of the NBD server. Every field has a safe default; {@link #conclude()} checks the
@@ -27,6 +28,24 @@ public final class NbdServerConfig {
     public int maxInFlightRequests = 128;
     /** Bytes (WRITE payloads plus READ lengths) being served per connection before reading stops. */
     public long maxInFlightBytes = 64L << 20;
+    /**
+     * Requests being served on all connections to one volume; a connection that finds no room stops reading
+     * until there is (it may always have one). Keeps one volume from taking every storage thread.
+     */
+    public int maxInFlightRequestsPerVolume = 1024;
+    /** Bytes being served on all connections to one volume, likewise. */
+    public long maxInFlightBytesPerVolume = 512L << 20;
+    /**
+     * Time a request may take to arrive once its first byte has: a client trickling a header or a WRITE payload
+     * (slow-loris) is closed after this. 0 turns it off. Only counted while the server is reading.
+     */
+    public long requestTimeoutMillis = 120_000;
+    /**
+     * Time a connection in the transmission phase may send no request and have none in flight before it is
+     * closed. 0 (the default) turns it off: qemu keeps a connection open while the guest does no I/O, and
+     * closing it would fail the guest's next I/O unless qemu was started with {@code reconnect-delay}.
+     */
+    public long idleTimeoutMillis = 0;
     /** Connections across all exports; beyond this new connections are closed at once. */
     public int maxConnections = 1024;
     /** Connections from one IP address. */
@@ -41,6 +60,8 @@ public final class NbdServerConfig {
     public int storageThreads = 0;
     /** How long a graceful shutdown waits for requests in flight before closing anyway. */
     public long shutdownTimeoutMillis = 30_000;
+    /** NBD_OPT_STARTTLS: off unless configured (see {@link TlsConfig} and docs/security.md). */
+    public TlsConfig tls = new TlsConfig();
 
     /** Checks the values and fills in the derived defaults; returns {@code this}. */
     public NbdServerConfig conclude() {
@@ -53,6 +74,14 @@ public final class NbdServerConfig {
         require(handshakeTimeoutMillis > 0, "handshakeTimeoutMillis must be positive", handshakeTimeoutMillis);
         require(maxInFlightRequests >= 64, "maxInFlightRequests must be at least 64", maxInFlightRequests);
         require(maxInFlightBytes >= maxPayload, "maxInFlightBytes must be >= maxPayload", maxInFlightBytes);
+        require(maxInFlightRequestsPerVolume >= maxInFlightRequests,
+            "maxInFlightRequestsPerVolume must be >= maxInFlightRequests", maxInFlightRequestsPerVolume);
+        require(maxInFlightBytesPerVolume >= maxInFlightBytes, "maxInFlightBytesPerVolume must be >= maxInFlightBytes",
+            maxInFlightBytesPerVolume);
+        require(requestTimeoutMillis == 0 || requestTimeoutMillis >= 1000,
+            "requestTimeoutMillis must be 0 (off) or at least 1000", requestTimeoutMillis);
+        require(idleTimeoutMillis == 0 || idleTimeoutMillis >= 1000, "idleTimeoutMillis must be 0 (off) or at least"
+            + " 1000", idleTimeoutMillis);
         require(maxConnections >= 1, "maxConnections must be positive", maxConnections);
         require(maxConnectionsPerAddress >= 1, "maxConnectionsPerAddress must be positive", maxConnectionsPerAddress);
         require(maxBlockStatusExtents >= 1 && maxBlockStatusExtents <= 100_000,
@@ -61,6 +90,10 @@ public final class NbdServerConfig {
         require(eventLoopThreads >= 0 && storageThreads >= 0, "thread counts must not be negative",
             Math.min(eventLoopThreads, storageThreads));
         require(shutdownTimeoutMillis >= 0, "shutdownTimeoutMillis must not be negative", shutdownTimeoutMillis);
+        if (tls == null) {
+            tls = new TlsConfig();
+        }
+        tls.parsedMode();
         final int cores = Runtime.getRuntime().availableProcessors();
         if (eventLoopThreads == 0) {
             eventLoopThreads = cores;

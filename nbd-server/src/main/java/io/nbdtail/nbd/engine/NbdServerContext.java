@@ -1,5 +1,7 @@
 package io.nbdtail.nbd.engine;
 
+import io.nbdtail.nbd.tls.NbdTls;
+
 import java.util.concurrent.Executor;
 
 /**
@@ -9,13 +11,26 @@ public final class NbdServerContext {
     private final NbdServerConfig config;
     private final ExportRegistry exports;
     private final Executor storageExecutor;
+    private final NbdTls tls;
     private volatile boolean shuttingDown;
 
     public NbdServerContext(final NbdServerConfig config, final ExportRegistry exports,
                             final Executor storageExecutor) {
+        this(config, exports, storageExecutor, null);
+    }
+
+    /** @param tls {@code null} when TLS is off. */
+    public NbdServerContext(final NbdServerConfig config, final ExportRegistry exports,
+                            final Executor storageExecutor, final NbdTls tls) {
         this.config = config;
         this.exports = exports;
         this.storageExecutor = storageExecutor;
+        this.tls = tls;
+    }
+
+    /** TLS for STARTTLS, or {@code null} when it is off. */
+    public NbdTls tls() {
+        return tls;
     }
 
     public NbdServerConfig config() {

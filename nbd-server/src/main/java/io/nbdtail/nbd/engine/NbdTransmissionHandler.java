@@ -1,6 +1,7 @@
 package io.nbdtail.nbd.engine;
 
 import io.nbdtail.nbd.codec.NbdReplies;
+import io.nbdtail.nbd.codec.NbdRequestDecoder;
 import io.nbdtail.nbd.protocol.NbdCommand;
 import io.nbdtail.nbd.protocol.NbdConstants;
 import io.nbdtail.nbd.protocol.NbdError;
@@ -25,6 +26,8 @@ import java.time.Instant;
 import java.util.ArrayDeque;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.Executor;
+import java.util.concurrent.ScheduledFuture;
+import java.util.concurrent.TimeUnit;
 
 /**
  * Serves one connection in the transmission phase.
@@ -38,6 +41,11 @@ import java.util.concurrent.Executor;
  * served at once. Requests decoded beyond that wait in a queue (they were already read), and the channel stops
  * reading from the socket until the queue drains; the same happens while the socket's outbound buffer is above
  * its high-water mark (a client that does not read its replies). No thread ever blocks.
+ *
+ * <p>Across connections, {@link VolumeBudget} caps what one volume has in flight; a connection held back by it
+ * stops reading the same way. A timer closes a connection whose next request has been arriving for longer than
+ * {@code requestTimeoutMillis} (slow-loris), and, if {@code idleTimeoutMillis} is set, one that has been idle
+ * that long.
  *
  * <p>Bad requests get an error reply and the connection stays usable; only a broken stream (bad magic, an
  * enormous WRITE) closes it.
@@ -53,6 +61,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
     private final long size;
     private final ExportStats stats;
     private final Executor storage;
+    private final VolumeBudget budget;
     private final ArrayDeque<NbdOperation> waiting = new ArrayDeque<>();
     private final Runnable flushTask = this::flushReplies;
     private final long openedAtMillis = System.currentTimeMillis();
@@ -68,6 +77,15 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
     private boolean closed;
     private boolean flushScheduled;
 
+    private ScheduledFuture<?> timer;
+    private NbdRequestDecoder decoder;
+    /** The decoder's request count when a partial request was first seen by the timer; -1 when none. */
+    private long partialMark = -1;
+    private long partialSinceNanos;
+    /** The request count when the timer last saw activity, and when; -1 before the first tick. */
+    private long idleMark = -1;
+    private long idleSinceNanos;
+
     private long requests;
     private long errors;
     private long bytesRead;
@@ -81,6 +99,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         this.volume = export.volume();
         this.size = export.size();
         this.stats = export.stats();
+        this.budget = export.budget();
         this.storage = context.storageExecutor();
     }
 
@@ -168,11 +187,78 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         if (context.shuttingDown()) {
             beginDrain();
         }
+        startTimer();
+    }
+
+    private void startTimer() {
+        final long timeout = config.requestTimeoutMillis == 0 ? config.idleTimeoutMillis
+            : config.idleTimeoutMillis == 0 ? config.requestTimeoutMillis
+            : Math.min(config.requestTimeoutMillis, config.idleTimeoutMillis);
+        if (timeout == 0) {
+            return;
+        }
+        decoder = ctx.pipeline().get(NbdRequestDecoder.class);
+        final long period = Math.max(250, timeout / 4);
+        timer = ctx.executor().scheduleAtFixedRate(this::checkTimeouts, period, period, TimeUnit.MILLISECONDS);
+    }
+
+    /** On the event loop, a few times per timeout: slow-loris and idle connections. */
+    private void checkTimeouts() {
+        if (closed || draining || disconnecting) {
+            return;
+        }
+        // The event loop's clock: the system's, or a test's.
+        final long now = ctx.executor().ticker().nanoTime();
+        // Only while reading: a request stuck because this server stopped reading is back-pressure, not abuse.
+        if (config.requestTimeoutMillis > 0 && decoder != null && ctx.channel().config().isAutoRead()
+            && decoder.midRequest()) {
+            if (partialMark != decoder.decoded()) {
+                partialMark = decoder.decoded();
+                partialSinceNanos = now;
+            } else if (now - partialSinceNanos > TimeUnit.MILLISECONDS.toNanos(config.requestTimeoutMillis)) {
+                LOG.info("closing client={} export={}: a request has been arriving for more than {} ms"
+                    + " (requestTimeoutMillis)", session.client(), export.name(), config.requestTimeoutMillis);
+                closed = true;
+                ctx.close();
+                return;
+            }
+        } else {
+            partialMark = -1;
+        }
+        if (config.idleTimeoutMillis == 0) {
+            return;
+        }
+        if (idleMark != requests || inFlight > 0 || !waiting.isEmpty() || (decoder != null && decoder.midRequest())) {
+            idleMark = requests;
+            idleSinceNanos = now;
+        } else if (now - idleSinceNanos > TimeUnit.MILLISECONDS.toNanos(config.idleTimeoutMillis)) {
+            LOG.info("closing client={} export={}: idle for more than {} ms (idleTimeoutMillis)", session.client(),
+                export.name(), config.idleTimeoutMillis);
+            beginDrain();
+        }
+    }
+
+    /** Called from any thread by {@link VolumeBudget} when the volume has room again. */
+    void roomFreed() {
+        try {
+            ctx.executor().execute(() -> {
+                if (!closed) {
+                    dispatchWaiting();
+                    updateAutoRead();
+                }
+            });
+        } catch (final java.util.concurrent.RejectedExecutionException e) {
+            // The event loop is shutting down; the connection is going with it.
+        }
     }
 
     @Override
     public void channelInactive(final ChannelHandlerContext ctx) throws Exception {
         closed = true;
+        if (timer != null) {
+            timer.cancel(false);
+        }
+        budget.forget(this);
         NbdOperation op;
         while ((op = waiting.poll()) != null) {
             op.discard();
@@ -301,13 +387,22 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         if (inFlight == 0) {
             return true;
         }
-        return inFlight < config.maxInFlightRequests && inFlightBytes + op.weight <= config.maxInFlightBytes
-            && ctx.channel().isWritable();
+        if (!(inFlight < config.maxInFlightRequests && inFlightBytes + op.weight <= config.maxInFlightBytes
+            && ctx.channel().isWritable())) {
+            return false;
+        }
+        if (budget.hasRoom(op.weight, config)) {
+            return true;
+        }
+        // Register, then look again: a release between the first look and the registration is not missed.
+        budget.await(this);
+        return budget.hasRoom(op.weight, config);
     }
 
     private void dispatch(final NbdOperation op) {
         inFlight++;
         inFlightBytes += op.weight;
+        budget.acquire(op.weight);
         stats.onDispatched();
         storage.execute(op);
     }
@@ -316,6 +411,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
     void complete(final NbdOperation op) {
         inFlight--;
         inFlightBytes -= op.weight;
+        budget.release(op.weight);
         stats.onCompleted(op.command(), System.nanoTime() - op.startNanos);
         if (closed) {
             op.discard();

@@ -5,6 +5,7 @@ import io.nbdtail.nbd.engine.NbdHandshakeHandler;
 import io.nbdtail.nbd.engine.NbdServerConfig;
 import io.nbdtail.nbd.engine.NbdServerContext;
 import io.nbdtail.nbd.engine.NbdTransmissionHandler;
+import io.nbdtail.nbd.tls.NbdTls;
 import io.nbdtail.storage.nativeio.NativeIo;
 import io.netty.bootstrap.ServerBootstrap;
 import io.netty.buffer.PooledByteBufAllocator;
@@ -57,7 +58,11 @@ public final class NbdServer implements AutoCloseable {
     private final List<Channel> listeners = new CopyOnWriteArrayList<>();
 
     public NbdServer(final NbdServerConfig config, final ExportRegistry exports, final Executor storageExecutor) {
-        this.context = new NbdServerContext(config, exports, storageExecutor);
+        try {
+            this.context = new NbdServerContext(config, exports, storageExecutor, NbdTls.create(config.tls));
+        } catch (final java.io.IOException e) {
+            throw new IllegalArgumentException(e.getMessage(), e);
+        }
         this.epoll = Epoll.isAvailable();
         this.bossGroup = new MultiThreadIoEventLoopGroup(1,
             epoll ? EpollIoHandler.newFactory() : NioIoHandler.newFactory());

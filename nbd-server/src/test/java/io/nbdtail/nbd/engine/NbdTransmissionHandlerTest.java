@@ -22,6 +22,7 @@ import java.util.HashSet;
 import java.util.List;
 import java.util.Set;
 import java.util.concurrent.Executor;
+import java.util.concurrent.TimeUnit;
 
 import static io.nbdtail.nbd.engine.NbdTestSupport.DISK_SIZE;
 import static io.nbdtail.nbd.engine.NbdTestSupport.clientFlags;
@@ -846,6 +847,70 @@ class NbdTransmissionHandlerTest {
         assertThat(storage.maxQueued).isLessThanOrEqualTo(64);
         assertThat(handler.inFlight()).isZero();
         assertThat(peer.channel.config().isAutoRead()).isTrue();
+    }
+
+    @Test
+    void shouldHoldASecondConnectionBackWhileTheVolumeIsAtItsCapAndWakeItWhenRoomIsFreed() {
+        final NbdServerConfig config = new NbdServerConfig();
+        config.maxInFlightRequests = 64;
+        config.maxInFlightRequestsPerVolume = 64;
+        final ManualExecutor storage = new ManualExecutor();
+        final NbdServerContext ctx = new NbdServerContext(config.conclude(), registry, storage);
+        final Peer a = open(ctx, "disk", false, null);
+        final Peer b = open(ctx, "disk", false, null);
+        final byte[][] reads = new byte[64][];
+        for (int i = 0; i < 64; i++) {
+            reads[i] = request(0, READ, i, (long) i * 512, 512);
+        }
+        a.send(reads);
+        assertThat(disk.inFlightRequests()).isEqualTo(64);
+
+        // B may always have one request, but not a second while the volume is full.
+        b.send(request(0, READ, 100, 0, 512), request(0, READ, 101, 512, 512));
+        final NbdTransmissionHandler hb = b.channel.pipeline().get(NbdTransmissionHandler.class);
+        assertThat(disk.inFlightRequests()).isEqualTo(65);
+        assertThat(hb.inFlight()).isEqualTo(2);
+        assertThat(storage.tasks).hasSize(65);
+        assertThat(b.channel.config().isAutoRead()).isFalse();
+
+        // A's requests finish: room again, and B's waiting request is dispatched on B's event loop.
+        for (int i = 0; i < 64; i++) {
+            storage.tasks.poll().run();
+        }
+        a.channel.runPendingTasks();
+        b.channel.runPendingTasks();
+        assertThat(storage.tasks).hasSize(2);
+        storage.runAll(b.channel);
+        assertSimple(b.simpleReply(512), 100, 0);
+        assertSimple(b.simpleReply(512), 101, 0);
+        assertThat(disk.inFlightRequests()).isZero();
+        assertThat(b.channel.config().isAutoRead()).isTrue();
+        for (int i = 0; i < 64; i++) {
+            assertThat(a.simpleReply(512).error()).isZero();
+        }
+    }
+
+    @Test
+    void shouldCloseAConnectionWhoseRequestTricklesInButNotAnIdleOne() {
+        final NbdServerConfig config = new NbdServerConfig();
+        config.requestTimeoutMillis = 2_000;
+        final NbdServerContext ctx = new NbdServerContext(config.conclude(), registry, Runnable::run);
+        final Peer slow = open(ctx, "disk", false, null);
+        final Peer idle = open(ctx, "disk", false, null);
+        slow.send(Arrays.copyOf(request(0, WRITE, 1, 0, 4096), 28 + 100)); // header and 100 of 4096 bytes
+        for (int second = 0; second < 4; second++) {
+            slow.channel.advanceTimeBy(1, TimeUnit.SECONDS);
+            slow.channel.runScheduledPendingTasks();
+            idle.channel.advanceTimeBy(1, TimeUnit.SECONDS);
+            idle.channel.runScheduledPendingTasks();
+            if (second == 0) {
+                slow.send(new byte[10]); // progress on the payload does not reset the deadline
+            }
+        }
+        assertThat(slow.channel.isOpen()).isFalse();
+        assertThat(idle.channel.isOpen()).isTrue();
+        idle.send(request(0, READ, 7, 0, 512));
+        assertSimple(idle.simpleReply(512), 7, 0);
     }
 
     @Test

@@ -117,6 +117,10 @@ final class ServerProcess implements AutoCloseable {
         return "http://127.0.0.1:" + apiPort;
     }
 
+    int port() {
+        return port;
+    }
+
     String uri(final String export) {
         return "nbd://127.0.0.1:" + port + "/" + export;
     }

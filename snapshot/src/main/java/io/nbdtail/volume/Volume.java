@@ -313,6 +313,11 @@ public final class Volume implements AutoCloseable {
         this.writeObserver = observer;
     }
 
+    /** The installed observer, or {@code null}. */
+    public WriteObserver writeObserver() {
+        return writeObserver;
+    }
+
     private WriteObserver beforeWrite(final long offset, final long length) throws StorageException {
         final WriteObserver observer = writeObserver;
         if (observer != null) {

@@ -36,6 +36,10 @@ import static io.nbdtail.nbd.protocol.NbdConstants.*;
 public final class NbdHandshakeHandler extends ByteToMessageDecoder {
     private static final Logger LOG = LoggerFactory.getLogger(NbdHandshakeHandler.class);
 
+    /** Set on connections accepted on a volume's own service address: only that volume is visible. */
+    public static final io.netty.util.AttributeKey<String> ONLY_EXPORT =
+        io.netty.util.AttributeKey.valueOf("nbdtail.onlyExport");
+
     /** The only metadata context id this server hands out (per connection, opaque to the client). */
     static final int BASE_ALLOCATION_ID = 1;
 
@@ -46,6 +50,8 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
         OPTION_HEADER,
         /** Waiting for the option's data. */
         OPTION_DATA,
+        /** An option is being answered asynchronously (nbdtail's mirror option); input waits. */
+        PAUSED,
         /** Transmission started, or the connection is being closed. */
         DONE
     }
@@ -63,6 +69,8 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
     private String metaContextExport;
     private boolean baseAllocationSelected;
     private ScheduledFuture<?> timeout;
+    /** The receiving export a mirror hello on this connection opened to it; {@code null} for ordinary clients. */
+    private Export mirrorExport;
 
     public NbdHandshakeHandler(final NbdServerContext context) {
         this.context = context;
@@ -149,6 +157,8 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
                 state = State.OPTION_HEADER;
                 handleOption(ctx, data);
                 return;
+            case PAUSED:
+                return;
             case DONE:
                 in.skipBytes(in.readableBytes());
                 return;
@@ -179,6 +189,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
             case OPT_INFO, OPT_GO -> infoOrGo(ctx, data);
             case OPT_STRUCTURED_REPLY -> structuredReply(ctx, data);
             case OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT -> metaContext(ctx, data);
+            case OPT_NBDTAIL_MIRROR -> mirror(ctx, data);
             default -> reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_UNSUP,
                 "option " + Integer.toUnsignedString(option) + " is not supported"));
         }
@@ -191,7 +202,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
             return;
         }
         final String name = data.toString(StandardCharsets.UTF_8);
-        final Export export = context.exports().find(name, ctx.channel().remoteAddress());
+        final Export export = find(ctx, name);
         if (export == null) {
             LOG.debug("EXPORT_NAME {} refused for {}", name, ctx.channel().remoteAddress());
             closeNow(ctx);
@@ -207,7 +218,11 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
             reply(ctx, invalid(ctx, "LIST takes no data"));
             return;
         }
+        final String only = ctx.channel().attr(ONLY_EXPORT).get();
         for (final Export export : context.exports().list(ctx.channel().remoteAddress())) {
+            if (only != null && !only.equals(export.name())) {
+                continue;
+            }
             ctx.write(NbdReplies.optionServer(ctx.alloc(), option, export.name(), export.description()),
                 ctx.voidPromise());
         }
@@ -255,7 +270,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
             wantName |= info == INFO_NAME;
             wantDescription |= info == INFO_DESCRIPTION;
         }
-        final Export export = context.exports().find(name, ctx.channel().remoteAddress());
+        final Export export = find(ctx, name);
         if (export == null) {
             reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_UNKNOWN,
                 "export '" + name + "' is not available"));
@@ -324,7 +339,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
             reply(ctx, invalid(ctx, "trailing bytes after the queries"));
             return;
         }
-        if (context.exports().find(name, ctx.channel().remoteAddress()) == null) {
+        if (find(ctx, name) == null) {
             reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_UNKNOWN,
                 "export '" + name + "' is not available"));
             return;
@@ -341,6 +356,62 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
         reply(ctx, NbdReplies.optionAck(ctx.alloc(), option));
     }
 
+    /** The export {@code name} for this connection: the registry's, or the one a mirror hello opened. */
+    private Export find(final ChannelHandlerContext ctx, final String name) {
+        if (mirrorExport != null && mirrorExport.name().equals(name)) {
+            return mirrorExport.closing() ? null : mirrorExport;
+        }
+        final String only = ctx.channel().attr(ONLY_EXPORT).get();
+        if (only != null) {
+            return name.isEmpty() || name.equals(only) ? context.exports().find(only, ctx.channel().remoteAddress())
+                : null;
+        }
+        return context.exports().find(name, ctx.channel().remoteAddress());
+    }
+
+    /**
+     * nbdtail's mirror option: answered by the {@link MirrorPeer} off the event loop; input waits meanwhile
+     * (a client sends nothing else until it has the answer).
+     */
+    private void mirror(final ChannelHandlerContext ctx, final ByteBuf data) {
+        final MirrorPeer peer = context.mirrorPeer();
+        if (peer == null) {
+            reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_UNSUP, "this server does not receive"
+                + " mirrors"));
+            return;
+        }
+        final byte[] request = new byte[data.readableBytes()];
+        data.readBytes(request);
+        final int opt = option;
+        state = State.PAUSED;
+        peer.handle(request, ctx.channel().remoteAddress()).whenComplete((result, error) ->
+            ctx.executor().execute(() -> {
+                if (state != State.PAUSED) {
+                    return;
+                }
+                state = State.OPTION_HEADER;
+                if (error != null) {
+                    final Throwable cause = error instanceof java.util.concurrent.CompletionException
+                        && error.getCause() != null ? error.getCause() : error;
+                    final int type = cause instanceof MirrorPeer.Refused r ? r.replyType() : REP_ERR_PLATFORM;
+                    reply(ctx, NbdReplies.optionError(ctx.alloc(), opt, type, String.valueOf(cause.getMessage())));
+                } else {
+                    mirrorExport = result.export() != null ? result.export() : mirrorExport;
+                    final ByteBuf header = ctx.alloc().buffer(OPTION_REPLY_HEADER_LENGTH + result.reply().length);
+                    header.writeLong(OPTION_REPLY_MAGIC).writeInt(opt).writeInt(REP_NBDTAIL_MIRROR)
+                        .writeInt(result.reply().length).writeBytes(result.reply());
+                    ctx.write(header, ctx.voidPromise());
+                    reply(ctx, NbdReplies.optionAck(ctx.alloc(), opt));
+                }
+                // Anything the client sent meanwhile is still in the cumulation; decode it now.
+                try {
+                    channelRead(ctx, io.netty.buffer.Unpooled.EMPTY_BUFFER);
+                } catch (final Exception e) {
+                    exceptionCaught(ctx, e);
+                }
+            }));
+    }
+
     private void startTransmission(final ChannelHandlerContext ctx, final Export export, final int flags,
                                    final String name) {
         state = State.DONE;
@@ -349,7 +420,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
         final int baseAllocationId = baseAllocationSelected && name.equals(metaContextExport)
             ? BASE_ALLOCATION_ID : 0;
         final NbdSession session = new NbdSession(export, structuredReplies, flags, baseAllocationId,
-            String.valueOf(ctx.channel().remoteAddress()));
+            String.valueOf(ctx.channel().remoteAddress()), export == mirrorExport);
         final ChannelPipeline pipeline = ctx.pipeline();
         pipeline.addAfter(ctx.name(), "nbd-request-decoder",
             new NbdRequestDecoder(config.maxPayload, config.maxDiscardedPayload));

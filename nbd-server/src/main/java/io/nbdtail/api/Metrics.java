@@ -115,10 +115,47 @@ final class Metrics {
                     .append("\",volume=\"").append(op.volume).append("\"} ").append(format(op.progress())).append('\n');
             }
         }
+        mirrors(out);
         header(out, "nbdtail_uptime_seconds", "gauge", "Seconds since the server started.");
         out.append("nbdtail_uptime_seconds ").append((System.currentTimeMillis() - tail.started().toEpochMilli()) / 1000)
             .append('\n');
         return out.toString();
+    }
+
+    private static final List<String> MIRROR_STATES = List.of("connecting", "copying", "retrying", "cutover",
+        "unknown", "moved", "failed", "aborted");
+
+    /** One set of series per mirror since the start (finished ones keep their last values). */
+    private void mirrors(final StringBuilder out) {
+        final List<io.nbdtail.replication.MirrorStatus> all = tail.mirrors().list();
+        header(out, "nbdtail_mirror_state", "gauge", "1 for the mirror's current state.");
+        for (final var m : all) {
+            for (final String state : MIRROR_STATES) {
+                out.append("nbdtail_mirror_state{volume=\"").append(m.volume()).append("\",state=\"").append(state)
+                    .append("\"} ").append(m.state().equals(state) ? 1 : 0).append('\n');
+            }
+        }
+        mirrorGauge(out, all, "nbdtail_mirror_bytes_copied_total", "counter", "Bytes written or zeroed at the"
+            + " destination.", io.nbdtail.replication.MirrorStatus::bytesCopied);
+        mirrorGauge(out, all, "nbdtail_mirror_bytes_dirty", "gauge", "Bytes still to copy.",
+            io.nbdtail.replication.MirrorStatus::bytesDirty);
+        mirrorGauge(out, all, "nbdtail_mirror_rate_bytes_per_second", "gauge", "Copy rate over the last seconds.",
+            io.nbdtail.replication.MirrorStatus::rate);
+        mirrorGauge(out, all, "nbdtail_mirror_pass", "gauge", "Copy passes started.", m -> m.pass());
+        mirrorGauge(out, all, "nbdtail_mirror_attempts_total", "counter", "Failed attempts, each retried.",
+            m -> m.attempts());
+        mirrorGauge(out, all, "nbdtail_mirror_freeze_milliseconds", "gauge", "Guest writes held at the last cutover"
+            + " attempt; -1 before one.", io.nbdtail.replication.MirrorStatus::freezeMillis);
+    }
+
+    private static void mirrorGauge(final StringBuilder out, final List<io.nbdtail.replication.MirrorStatus> all,
+                                    final String name, final String type, final String help,
+                                    final java.util.function.ToLongFunction<io.nbdtail.replication.MirrorStatus> value) {
+        header(out, name, type, help);
+        for (final var m : all) {
+            out.append(name).append("{volume=\"").append(m.volume()).append("\"} ").append(value.applyAsLong(m))
+                .append('\n');
+        }
     }
 
     private static String name(final NbdCommand c) {

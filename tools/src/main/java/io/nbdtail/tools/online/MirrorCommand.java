@@ -38,7 +38,7 @@ public final class MirrorCommand {
             return Files.readString(file).trim();
         }
         if (token == null) {
-            throw new IllegalArgumentException("give the shared secret with --token-file FILE (or --token)");
+            throw new IllegalArgumentException("give the shared secret with --secret-file FILE (or --secret)");
         }
         return token;
     }
@@ -56,11 +56,11 @@ public final class MirrorCommand {
         @Option(names = "--size", required = true, paramLabel = "BYTES", converter = SizeConverter.class,
             description = "The source volume's exact size, e.g. 20G.")
         private Long size;
-        @Option(names = "--token-file", paramLabel = "FILE", description = "File with the shared secret (>= 16"
+        @Option(names = "--secret-file", paramLabel = "FILE", description = "File with the shared secret (>= 16"
             + " characters) the source must present.")
         private Path tokenFile;
-        @Option(names = "--token", paramLabel = "SECRET", description = "The shared secret itself (visible in ps;"
-            + " prefer --token-file).")
+        @Option(names = "--secret", paramLabel = "SECRET", description = "The shared secret itself (visible in ps;"
+            + " prefer --secret-file).")
         private String token;
         @Option(names = "--source", paramLabel = "ADDR", description = "Accept the mirror only from this address"
             + " or network (CIDR).")
@@ -105,9 +105,9 @@ public final class MirrorCommand {
         @Option(names = "--to", required = true, paramLabel = "HOST:PORT",
             description = "The destination tail's NBD listener.")
         private String destination;
-        @Option(names = "--token-file", paramLabel = "FILE", description = "File with the destination's token.")
+        @Option(names = "--secret-file", paramLabel = "FILE", description = "File with the mirror secret the destination was given.")
         private Path tokenFile;
-        @Option(names = "--token", paramLabel = "SECRET", description = "The token itself (prefer --token-file).")
+        @Option(names = "--secret", paramLabel = "SECRET", description = "The mirror secret itself (prefer --secret-file).")
         private String token;
         @Option(names = "--rate", paramLabel = "BYTES/s", converter = SizeConverter.class,
             description = "Copy at most this much per second, e.g. 200M (default: unlimited; change it live with"

@@ -58,6 +58,7 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
     private static final Logger LOG = LoggerFactory.getLogger(MirrorService.class);
 
     private final VolumeManager volumes;
+    private final MirrorConfig defaults;
     private final ObjectMapper json = VolumeService.mapper();
     private final ExecutorService peerThreads = Executors.newVirtualThreadPerTaskExecutor();
     private final ConcurrentHashMap<String, MirrorJob> jobs = new ConcurrentHashMap<>();
@@ -65,8 +66,10 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
     private volatile EventLoopGroup clientGroup;
     private volatile ServiceAddresses addresses;
 
-    public MirrorService(final VolumeManager volumes) {
+    /** @param defaults tuning of every mirror started here (a request may change the rate and convergence). */
+    public MirrorService(final VolumeManager volumes, final MirrorConfig defaults) {
         this.volumes = volumes;
+        this.defaults = defaults.validate();
     }
 
     /** Where per-volume service addresses are bound; set by the server once it listens. */
@@ -254,23 +257,29 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
                 + owner.epoch() + "; refused");
         }
         // The source flushed before asking; flush again so the record never precedes the data.
+        final long start = System.nanoTime();
         drain(export);
         final Volume volume = export.volume();
+        final long drained = System.nanoTime();
         try {
             volume.flusher().syncNow();
         } catch (final StorageException e) {
             throw new Refused(REP_ERR_POLICY, "cannot sync volume '" + name + "' here: " + e.getMessage()
                 + "; the cutover is refused");
         }
+        final long synced = System.nanoTime();
         FaultPoints.hit("dest.before-record");
         volumes.recordOwnership(name, owner.with(Ownership.SERVING, epoch, owner.peer()));
+        final long recorded = System.nanoTime();
         FaultPoints.hit("dest.recorded");
         volumes.adopt(name);
         final ServiceAddresses a = addresses;
         if (a != null) {
             a.volumeServed(name);
         }
-        LOG.info("volume {} is ours at epoch {} (mirror session {}); serving it", name, epoch, session);
+        LOG.info("volume {} is ours at epoch {} (mirror session {}); serving it (drain {} ms, sync {} ms, record {}"
+            + " ms)", name, epoch, session, (drained - start) / 1_000_000, (synced - drained) / 1_000_000,
+            (recorded - synced) / 1_000_000);
         return reply("epoch", epoch);
     }
 
@@ -322,11 +331,12 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
             final Ownership owner = volumes.ownership(name);
             final MirrorSession session = new MirrorSession(name, volume.metadata().id(), UUID.randomUUID()
                 .toString(), volume.size(), owner.epoch());
-            final MirrorConfig config = new MirrorConfig();
+            final MirrorConfig config = defaults.copy();
             config.bytesPerSecond = request.bytesPerSecond();
             if (request.convergeMillis() != null) {
                 config.convergeMillis = request.convergeMillis();
             }
+            config.validate();
             final NbdMirrorTarget target = new NbdMirrorTarget(group(), destination, request.token(),
                 config.requestTimeoutMillis, owner.serviceAddress());
             final MirrorJob job = new MirrorJob(volume, session, request.destination(), target, new Hooks(name),

@@ -45,7 +45,7 @@ public final class NbdTail implements AutoCloseable {
         this.manager = new VolumeManager(volumes, storage, config.api.defaultAllow());
         this.nbd = new NbdServer(config.nbd, manager, storage);
         this.operations = new OperationManager(this.dataDir, VolumeService.mapper());
-        this.mirrors = new MirrorService(manager);
+        this.mirrors = new MirrorService(manager, config.mirror);
         this.addresses = new ServiceAddresses(nbd, manager);
         this.mirrors.addresses(addresses);
         this.nbd.context().mirrorPeer(mirrors);

@@ -8,6 +8,7 @@ import io.nbdtail.server.MirrorService;
 import io.nbdtail.server.NbdTail;
 import io.nbdtail.server.Ownership;
 import io.nbdtail.server.ServerConfig;
+import io.nbdtail.testing.FaultyRelay;
 import io.netty.buffer.Unpooled;
 import io.netty.channel.EventLoopGroup;
 import org.junit.jupiter.api.AfterEach;
@@ -75,6 +76,9 @@ class MirrorIT {
         config.nbd.eventLoopThreads = 2;
         config.nbd.storageThreads = 4;
         config.nbd.conclude();
+        config.mirror.requestTimeoutMillis = 1_500;
+        config.mirror.backoffMinMillis = 100;
+        config.mirror.backoffMaxMillis = 500;
         return NbdTail.open(dir.resolve(name), config);
     }
 
@@ -261,6 +265,69 @@ class MirrorIT {
         assertThat(await(source.mirrors().job("b")).state()).isEqualTo("moved");
         destination.volumes().export("b").volume().flusher().syncNow();
         assertThat(Arrays.copyOf(dataFile(destination, "b"), data.length)).isEqualTo(data);
+    }
+
+    @Test
+    void shouldRetryThroughALinkThatBreaksAndResumeFromTheDirtyMap() throws Exception {
+        source.volumes().create("r", SIZE, null, "", false);
+        final byte[] data = new byte[48 << 20];
+        new Random(8).nextBytes(data);
+        source.volumes().export("r").volume().write(ByteBuffer.wrap(data), 0);
+        destination.mirrors().receive("r", SIZE, TOKEN, null);
+        try (FaultyRelay relay = new FaultyRelay(new InetSocketAddress("127.0.0.1", destinationPort))) {
+            source.mirrors().start("r", new MirrorService.Request("127.0.0.1:" + relay.port(), TOKEN, 16L << 20,
+                null));
+            final MirrorJob job = source.mirrors().job("r");
+            for (int cut = 1; cut <= 2; cut++) {
+                Thread.sleep(700);
+                relay.cut();
+                while (job.status().attempts() < cut) {
+                    Thread.sleep(10);
+                }
+            }
+            job.rateLimit(0);
+            final MirrorStatus done = await(job);
+            assertThat(done.state()).isEqualTo("moved");
+            assertThat(done.attempts()).isGreaterThanOrEqualTo(2);
+            assertThat(done.bytesCopied()).as("resumed, not restarted").isLessThan(2L * data.length);
+        }
+        destination.volumes().export("r").volume().flusher().syncNow();
+        assertThat(Arrays.copyOf(dataFile(destination, "r"), data.length)).isEqualTo(data);
+    }
+
+    @Test
+    void shouldNoticeAPartitionByTimeoutKeepServingAndFinishOnceItHeals() throws Exception {
+        source.volumes().create("p", SIZE, null, "", false);
+        final byte[] data = new byte[32 << 20];
+        new Random(9).nextBytes(data);
+        final io.nbdtail.volume.Volume volume = source.volumes().export("p").volume();
+        volume.write(ByteBuffer.wrap(data), 0);
+        destination.mirrors().receive("p", SIZE, TOKEN, null);
+        try (FaultyRelay relay = new FaultyRelay(new InetSocketAddress("127.0.0.1", destinationPort))) {
+            source.mirrors().start("p", new MirrorService.Request("127.0.0.1:" + relay.port(), TOKEN, 8L << 20,
+                null));
+            final MirrorJob job = source.mirrors().job("p");
+            Thread.sleep(500);
+            relay.blackhole(true);
+            // The source's own clients are not affected by the partition.
+            final long before = System.nanoTime();
+            final byte[] more = new byte[1 << 20];
+            new Random(10).nextBytes(more);
+            volume.write(ByteBuffer.wrap(more), 40L << 20);
+            assertThat(System.nanoTime() - before).isLessThan(TimeUnit.MILLISECONDS.toNanos(500));
+            while (job.status().attempts() == 0) {
+                Thread.sleep(20);
+            }
+            assertThat(job.status().lastError()).contains("no reply");
+            relay.blackhole(false);
+            relay.cut();
+            job.rateLimit(0);
+            assertThat(await(job).state()).isEqualTo("moved");
+            destination.volumes().export("p").volume().flusher().syncNow();
+            final byte[] copy = dataFile(destination, "p");
+            assertThat(Arrays.copyOf(copy, data.length)).isEqualTo(data);
+            assertThat(Arrays.copyOfRange(copy, 40 << 20, (40 << 20) + more.length)).isEqualTo(more);
+        }
     }
 
     @Test

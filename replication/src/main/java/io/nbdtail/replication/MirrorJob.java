@@ -297,11 +297,17 @@ public final class MirrorJob {
             stalls = left >= previousDirty * 9 / 10 ? stalls + 1 : 0;
             previousDirty = left;
             if (stalls >= config.stallPassesBeforeThrottle && gate.throttleRate() == 0) {
-                gate.throttle(rate / 2);
+                gate.throttle(Math.max(config.minThrottleBytesPerSecond, rate / 2));
                 convergence = "throttled";
-                LOG.info("mirror {}: guest writes outpace the copy ({} bytes dirty after pass {}); throttling them"
-                    + " to {} bytes/s", session.volume(), left, pass, rate / 2);
-            } else if (stalls >= config.stallPassesBeforeGivingUp && !hopeless) {
+                stalls = 0;
+                LOG.info("mirror {}: guest writes outpace the copy ({} bytes dirty after pass {}); throttling what"
+                    + " they dirty to {} bytes/s", session.volume(), left, pass, gate.throttleRate());
+            } else if (stalls > 0 && gate.throttleRate() > config.minThrottleBytesPerSecond) {
+                gate.throttle(Math.max(config.minThrottleBytesPerSecond, gate.throttleRate() / 2));
+                LOG.info("mirror {}: still {} bytes dirty after pass {}; throttle down to {} bytes/s",
+                    session.volume(), left, pass, gate.throttleRate());
+            }
+            if (stalls >= config.stallPassesBeforeGivingUp && !hopeless) {
                 convergence = "not-converging";
                 LOG.warn("mirror {}: not converging even with throttled writes ({} bytes dirty, {} bytes/s); will"
                     + " cut over once the remainder fits {} ms", session.volume(), left, rate,
@@ -487,11 +493,15 @@ public final class MirrorJob {
             return false;
         }
         final long epoch = session.epoch() + 1;
+        final long drained = System.nanoTime();
+        final long lastBytes = dirty.dirtyBytes();
+        long copied;
         try {
             // Unlimited: the rate limit is suspended during the freeze, which must be short.
             while (!dirty.isClean()) {
                 copyPass(false);
             }
+            copied = System.nanoTime();
             flush();
             FaultPoints.hit("source.flushed");
             try {
@@ -505,6 +515,7 @@ public final class MirrorJob {
             throw e;
         }
         pastPointOfNoReturn = true;
+        final long recorded = System.nanoTime();
         FaultPoints.hit("source.handing-over");
         boolean moved;
         try {
@@ -548,9 +559,15 @@ public final class MirrorJob {
             + " moved to " + destination + " at epoch " + epoch + "; reconnect to its address"));
         freezeMillis = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - frozenAt);
         closeConnection();
-        LOG.info("mirror {}: moved to {} at epoch {}; guest writes were held for {} ms", session.volume(),
-            destination, epoch, freezeMillis);
+        LOG.info("mirror {}: moved to {} at epoch {}; guest writes were held for {} ms (drain {} ms, last {} bytes"
+            + " {} ms, flush and record {} ms, commit and fence {} ms)", session.volume(), destination, epoch,
+            freezeMillis, millis(frozenAt, drained), lastBytes, millis(drained, copied), millis(copied, recorded),
+            millis(recorded, System.nanoTime()));
         return true;
+    }
+
+    private static long millis(final long fromNanos, final long toNanos) {
+        return TimeUnit.NANOSECONDS.toMillis(toNanos - fromNanos);
     }
 
     private boolean awaitResolution(final long epoch) {

@@ -32,7 +32,10 @@ public final class WriteGate implements Volume.WriteObserver {
 
     @Override
     public void beforeWrite(final long offset, final long length) throws StorageException {
-        delay(length);
+        // Charged by what the write costs the mirror (whole chunks), not by its own size: a 4 KiB write
+        // dirties a whole chunk, and only that keeps the dirty growth below the copy rate.
+        final long chunk = dirty.chunkSize();
+        delay(((offset + length + chunk - 1) / chunk - offset / chunk) * chunk);
         synchronized (lock) {
             while (frozen && fence == null) {
                 try {
@@ -62,7 +65,10 @@ public final class WriteGate implements Volume.WriteObserver {
         }
     }
 
-    /** Limits guest writes to about {@code bytesPerSecond} with bounded delays; 0 turns throttling off. */
+    /**
+     * Limits what guest writes dirty to about {@code bytesPerSecond} (in whole chunks), with bounded delays; 0 turns
+     * throttling off.
+     */
     public void throttle(final long bytesPerSecond) {
         this.throttleBytesPerSecond = bytesPerSecond;
     }

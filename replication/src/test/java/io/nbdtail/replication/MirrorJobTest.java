@@ -254,6 +254,9 @@ class MirrorJobTest {
         final MirrorConfig config = fast();
         config.bytesPerSecond = 8 << 20;
         config.stallPassesBeforeThrottle = 1;
+        final byte[] initial = new byte[16 << 20];
+        new Random(8).nextBytes(initial);
+        write(0, initial);
         final MirrorJob job = job(config);
         final AtomicBoolean stop = new AtomicBoolean();
         final CompletableFuture<Void> writer = CompletableFuture.runAsync(() -> {

@@ -16,7 +16,7 @@ public final class MirrorConfig {
     /** Bytes per second, 0 = unlimited; suspended during the freeze. */
     public long bytesPerSecond;
     /** Cut over when what is dirty can be copied within this time at the measured rate. */
-    public long convergeMillis = 500;
+    public long convergeMillis = 250;
     /** With a writer that outpaces the link, cut over anyway once the remainder fits this (the freeze bound). */
     public long maxFreezeCopyMillis = 5_000;
     /** Passes without progress before guest writes are throttled. */

@@ -331,6 +331,31 @@ class MirrorIT {
     }
 
     @Test
+    void shouldOverwriteStaleContentLeftByAnEarlierSession() throws Exception {
+        source.volumes().create("s", SIZE, null, "", false);
+        final io.nbdtail.volume.Volume volume = source.volumes().export("s").volume();
+        final byte[] data = new byte[16 << 20];
+        new Random(12).nextBytes(data);
+        volume.write(ByteBuffer.wrap(data), 0);
+        destination.mirrors().receive("s", SIZE, TOKEN, null);
+        source.mirrors().start("s", request(8L << 20));
+        final MirrorJob first = source.mirrors().job("s");
+        while (first.status().bytesCopied() < (4 << 20)) {
+            Thread.sleep(10);
+        }
+        first.abort();
+        await(first);
+        // The first MiBs reached the destination; now they become a hole on the source.
+        assertThat(dataFile(destination, "s")[0]).isEqualTo(data[0]);
+        volume.writeZeroes(0, 2 << 20, true, false);
+        java.util.Arrays.fill(data, 0, 2 << 20, (byte) 0);
+        source.mirrors().start("s", request(0));
+        assertThat(await(source.mirrors().job("s")).state()).isEqualTo("moved");
+        destination.volumes().export("s").volume().flusher().syncNow();
+        assertThat(Arrays.copyOf(dataFile(destination, "s"), data.length)).isEqualTo(data);
+    }
+
+    @Test
     void shouldResumeAfterTheDestinationRestarts() throws Exception {
         source.volumes().create("c", SIZE, null, "", false);
         final byte[] data = new byte[48 << 20];

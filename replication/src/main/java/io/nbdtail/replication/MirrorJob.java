@@ -51,6 +51,9 @@ public final class MirrorJob {
     private final CompletableFuture<MirrorStatus> done = new CompletableFuture<>();
     private final AtomicLong bytesCopied = new AtomicLong();
     private final AtomicReference<Throwable> attemptError = new AtomicReference<>();
+    private final AtomicReference<SourceReadException> sourceError = new AtomicReference<>();
+    private final java.util.concurrent.ExecutorService readers = java.util.concurrent.Executors
+        .newVirtualThreadPerTaskExecutor();
     private final Semaphore inFlight;
     private final ArrayBlockingQueue<ByteBuffer> buffers;
     private final Instant started = Instant.now();
@@ -251,6 +254,7 @@ public final class MirrorJob {
     }
 
     private void finish(final String finalState, final String error) {
+        readers.shutdown();
         if (error != null) {
             lastError = error;
         }
@@ -341,6 +345,10 @@ public final class MirrorJob {
     }
 
     private void checkAttempt() throws IOException {
+        final SourceReadException read = sourceError.get();
+        if (read != null) {
+            throw read;
+        }
         final Throwable e = attemptError.get();
         if (e != null) {
             throw e instanceof IOException io ? io : new IOException(e.getMessage(), e);
@@ -411,38 +419,48 @@ public final class MirrorJob {
     }
 
     private void sendData(final long offset, final long length, final boolean limited)
-        throws InterruptedException, SourceReadException {
+        throws IOException, InterruptedException {
         long pos = offset;
         final long end = offset + length;
+        final MirrorTarget.Connection c = connection;
         while (pos < end) {
+            // A failed read or request ends the pass at once, not at the end of the run.
+            checkAttempt();
             final int len = (int) Math.min(end - pos, config.maxRequest);
             if (limited) {
                 limiter.acquire(len);
             }
             inFlight.acquire();
             final ByteBuffer buffer = buffers.take();
-            buffer.clear().limit(len);
-            try {
-                volume.read(buffer, pos);
-            } catch (final StorageException e) {
-                buffers.add(buffer);
-                inFlight.release();
-                throw new SourceReadException("cannot read " + session.volume() + " at " + pos + "+" + len + ": "
-                    + e.getMessage(), e);
-            }
-            buffer.flip();
             final long at = pos;
-            final CompletableFuture<Void> f;
-            try {
-                f = connection.write(at, buffer);
-            } catch (final RuntimeException e) {
-                buffers.add(buffer);
-                inFlight.release();
-                throw e;
-            }
-            f.whenComplete((v, e) -> completed(at, len, e, buffer));
+            // Reads run in parallel (the in-flight permits and the buffer pool bound them), so one slow pread
+            // does not stall the pipe.
+            readers.execute(() -> readAndSend(c, at, len, buffer));
             pos += len;
         }
+    }
+
+    private void readAndSend(final MirrorTarget.Connection c, final long at, final int len, final ByteBuffer buffer) {
+        buffer.clear().limit(len);
+        try {
+            volume.read(buffer, at);
+        } catch (final StorageException | RuntimeException e) {
+            dirty.mark(at, len);
+            sourceError.compareAndSet(null, new SourceReadException("cannot read " + session.volume() + " at " + at
+                + "+" + len + ": " + e.getMessage(), e));
+            buffers.add(buffer);
+            inFlight.release();
+            return;
+        }
+        buffer.flip();
+        final CompletableFuture<Void> f;
+        try {
+            f = c.write(at, buffer);
+        } catch (final RuntimeException e) {
+            completed(at, len, e, buffer);
+            return;
+        }
+        f.whenComplete((v, e) -> completed(at, len, e, buffer));
     }
 
     private void completed(final long offset, final long length, final Throwable error, final ByteBuffer buffer) {

@@ -205,6 +205,10 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
                 unavailable.remove(name);
                 return;
             }
+            if (export.volume().writeObserver() != null && !force) {
+                throw new VolumeException(VolumeException.Code.LOCKED, "volume '" + name + "' is being mirrored;"
+                    + " abort the mirror first (DELETE /v1/volumes/" + name + "/mirror) or delete with force=true");
+            }
             final List<NbdTransmissionHandler> connected = export.connections();
             if (!connected.isEmpty() && !force) {
                 throw new VolumeException(VolumeException.Code.LOCKED, "volume '" + name + "' has " + connected.size()

@@ -255,6 +255,7 @@ class MirrorIT {
             source.mirrors().start("b", request(8L << 20));
             Thread.sleep(300);
             final MirrorJob job = source.mirrors().job("b");
+            assertThatThrownBy(() -> source.volumes().delete("b", false)).hasMessageContaining("being mirrored");
             assertThat(job.abort()).isTrue();
             assertThat(await(job).state()).isEqualTo("aborted");
             assertThat(source.volumes().export("b").volume().writeObserver()).isNull();

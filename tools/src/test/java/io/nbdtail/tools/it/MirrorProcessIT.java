@@ -4,7 +4,6 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import io.nbdtail.testing.ExternalTool;
-import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
@@ -106,10 +105,13 @@ class MirrorProcessIT {
 
     /**
      * The central test: qemu-io writes through the volume's own address (127.0.0.10) with reconnect-delay while
-     * the volume is mirrored and cut over; no write fails, and the destination holds exactly every write.
+     * the volume is mirrored and cut over; no write fails, and the destination holds exactly every write. At queue
+     * depth 1 (write after write) and 32 (bursts of 32 asynchronous writes to distinct places, then a flush), so
+     * that many requests are in flight, and replayed, at the cutover.
      */
-    @Test
-    void qemuWritesThroughTheVolumeAddressAcrossTheCutoverWithoutAnError() throws Exception {
+    @ParameterizedTest(name = "queue depth {0}")
+    @ValueSource(ints = {1, 32})
+    void qemuWritesThroughTheVolumeAddressAcrossTheCutoverWithoutAnError(final int queueDepth) throws Exception {
         ExternalTool.requireTool("qemu-io");
         final Path srcDir = dir.resolve("src");
         final Path dstDir = dir.resolve("dst");
@@ -124,18 +126,30 @@ class MirrorProcessIT {
             assertThat(api(destination, dstDir, "POST", "/v1/volumes/vm1/receive",
                 json("size", SIZE, "token", TOKEN)).status()).isEqualTo(201);
 
-            // The writer: 2000 writes of 4..64 KiB with a pattern byte each, 10 ms apart, one at a time.
+            // Writes of 4..64 KiB with a pattern byte each; within a burst each goes to its own 64 KiB slot.
             final byte[] model = new byte[(int) SIZE];
             final StringBuilder script = new StringBuilder();
             final Random random = new Random(21);
-            for (int i = 0; i < 2000; i++) {
-                final int pattern = 1 + i % 250;
-                final int length = 4096 * (1 + random.nextInt(16));
-                final long offset = 4096L * random.nextInt((int) ((SIZE - length) / 4096));
-                Arrays.fill(model, (int) offset, (int) offset + length, (byte) pattern);
-                script.append("write -P ").append(pattern).append(' ').append(offset).append(' ').append(length)
-                    .append('\n');
-                script.append("sleep 10\n");
+            final int slots = (int) (SIZE / 65536);
+            final int bursts = queueDepth == 1 ? 2000 : 150;
+            for (int b = 0; b < bursts; b++) {
+                final java.util.Set<Integer> used = new java.util.HashSet<>();
+                for (int i = 0; i < queueDepth; i++) {
+                    int slot;
+                    do {
+                        slot = random.nextInt(slots);
+                    } while (!used.add(slot));
+                    final int pattern = 1 + (b * queueDepth + i) % 250;
+                    final int length = 4096 * (1 + random.nextInt(16));
+                    final long offset = slot * 65536L + 4096L * random.nextInt((65536 - length) / 4096 + 1);
+                    Arrays.fill(model, (int) offset, (int) offset + length, (byte) pattern);
+                    script.append(queueDepth == 1 ? "write" : "aio_write -q").append(" -P ").append(pattern)
+                        .append(' ').append(offset).append(' ').append(length).append('\n');
+                }
+                if (queueDepth > 1) {
+                    script.append("aio_flush\n");
+                }
+                script.append(queueDepth == 1 ? "sleep 10\n" : "sleep 100\n");
             }
             final Path scriptFile = dir.resolve("writes.qemu-io");
             Files.writeString(scriptFile, script);

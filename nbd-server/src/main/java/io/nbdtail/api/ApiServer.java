@@ -16,7 +16,11 @@ import com.sun.net.httpserver.HttpsConfigurator;
 import com.sun.net.httpserver.HttpsServer;
 import io.nbdtail.nbd.engine.Export;
 import io.nbdtail.nbd.engine.NbdTransmissionHandler;
+import io.nbdtail.replication.MirrorJob;
+import io.nbdtail.replication.MirrorRefusedException;
+import io.nbdtail.server.MirrorService;
 import io.nbdtail.server.NbdTail;
+import io.nbdtail.server.Ownership;
 import io.nbdtail.volume.Volume;
 import io.nbdtail.volume.VolumeException;
 import io.nbdtail.volume.VolumeMetadata;
@@ -376,7 +380,7 @@ public final class ApiServer implements AutoCloseable {
         if (e instanceof IllegalArgumentException) {
             return error(422, "invalid_value", e.getMessage());
         }
-        if (e instanceof io.nbdtail.replication.MirrorRefusedException) {
+        if (e instanceof MirrorRefusedException) {
             return error(409, "mirror_refused", e.getMessage());
         }
         if (e instanceof IOException) {
@@ -440,15 +444,15 @@ public final class ApiServer implements AutoCloseable {
         node.put("kind", m.kind() == VolumeMetadata.Kind.FILE ? "file" : "device");
         node.put("size", volume.size());
         node.put("allocatedBytes", tail.volumes().volumes().info(m.name()).allocatedBytes());
-        final io.nbdtail.server.Ownership owner = tail.volumes().ownership(m.name());
+        final Ownership owner = tail.volumes().ownership(m.name());
         node.put("state", tail.volumes().isHeld(m.name()) ? owner.state() : volume.failure() != null ? "failed"
             : m.readOnly() ? "read-only" : "serving");
         node.put("epoch", owner.epoch());
         if (owner.serviceAddress() != null) {
             node.put("serviceAddress", owner.serviceAddress());
         }
-        if (owner.state().equals(io.nbdtail.server.Ownership.MOVED)
-            || owner.state().equals(io.nbdtail.server.Ownership.HANDING_OVER)) {
+        if (owner.state().equals(Ownership.MOVED)
+            || owner.state().equals(Ownership.HANDING_OVER)) {
             node.put("movedTo", owner.peer());
         }
         node.put("readOnly", m.readOnly());
@@ -630,16 +634,16 @@ public final class ApiServer implements AutoCloseable {
                 + " convergeMillis positive");
         }
         try {
-            return Reply.json(202, tail.mirrors().start(request.param(1), new io.nbdtail.server.MirrorService.Request(
+            return Reply.json(202, tail.mirrors().start(request.param(1), new MirrorService.Request(
                 body.destination(), body.token(), rate, body.convergeMillis())));
         } catch (final IllegalStateException e) {
             throw new ApiException(409, "mirror_running", e.getMessage());
         }
     }
 
-    private io.nbdtail.replication.MirrorJob mirrorJob(final String name) throws Exception {
+    private MirrorJob mirrorJob(final String name) throws Exception {
         tail.volumes().export(name);
-        final io.nbdtail.replication.MirrorJob job = tail.mirrors().job(name);
+        final MirrorJob job = tail.mirrors().job(name);
         if (job == null) {
             throw new ApiException(404, "mirror_not_found", "volume '" + name + "' has not been mirrored since the"
                 + " server started; start one with POST /v1/volumes/" + name + "/mirror");
@@ -648,7 +652,7 @@ public final class ApiServer implements AutoCloseable {
     }
 
     private Reply abortMirror(final Request request) throws Exception {
-        final io.nbdtail.replication.MirrorJob job = mirrorJob(request.param(1));
+        final MirrorJob job = mirrorJob(request.param(1));
         if (!job.abort()) {
             throw new ApiException(409, "mirror_cutover", "the mirror of '" + request.param(1) + "' is past its"
                 + " hand-over point and cannot be aborted; if its state is 'unknown', check the destination and use"
@@ -671,7 +675,7 @@ public final class ApiServer implements AutoCloseable {
         if (body.bytesPerSecond() == null || body.bytesPerSecond() < 0) {
             throw new ApiException(422, "invalid_value", "give 'bytesPerSecond' >= 0 (0: unlimited)");
         }
-        final io.nbdtail.replication.MirrorJob job = mirrorJob(request.param(1));
+        final MirrorJob job = mirrorJob(request.param(1));
         job.rateLimit(body.bytesPerSecond());
         return Reply.json(200, job.status());
     }

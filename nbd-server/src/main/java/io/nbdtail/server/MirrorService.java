@@ -29,6 +29,7 @@ import java.net.SocketAddress;
 import java.nio.charset.StandardCharsets;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
+import java.time.Instant;
 import java.util.ArrayList;
 import java.util.HexFormat;
 import java.util.List;
@@ -36,9 +37,11 @@ import java.util.Map;
 import java.util.UUID;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 
 import static io.nbdtail.nbd.protocol.NbdConstants.REP_ERR_INVALID;
 import static io.nbdtail.nbd.protocol.NbdConstants.REP_ERR_POLICY;
@@ -111,7 +114,7 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
             AccessList.parse(List.of(source));
         }
         final Ownership record = new Ownership(Ownership.RECEIVING, 0, source, null, null, sha256(token), null,
-            false, null, java.time.Instant.now());
+            false, null, Instant.now());
         final Export export = volumes.createHeld(name, size, record);
         LOG.info("volume {} created to receive a mirror ({} bytes, source {})", name, size,
             source == null ? "any address" : source);
@@ -232,7 +235,7 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
                         && !export.connections().contains(connection)) {
                         break;
                     }
-                } catch (final java.util.concurrent.ExecutionException | java.util.concurrent.TimeoutException e) {
+                } catch (final ExecutionException | TimeoutException e) {
                     break;
                 }
                 Thread.sleep(5);

@@ -13,7 +13,10 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CompletionException;
 import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
 import java.util.concurrent.Semaphore;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
@@ -52,8 +55,7 @@ public final class MirrorJob {
     private final AtomicLong bytesCopied = new AtomicLong();
     private final AtomicReference<Throwable> attemptError = new AtomicReference<>();
     private final AtomicReference<SourceReadException> sourceError = new AtomicReference<>();
-    private final java.util.concurrent.ExecutorService readers = java.util.concurrent.Executors
-        .newVirtualThreadPerTaskExecutor();
+    private final ExecutorService readers = Executors.newVirtualThreadPerTaskExecutor();
     private final Semaphore inFlight;
     private final ArrayBlockingQueue<ByteBuffer> buffers;
     private final Instant started = Instant.now();
@@ -466,7 +468,7 @@ public final class MirrorJob {
     private void completed(final long offset, final long length, final Throwable error, final ByteBuffer buffer) {
         if (error != null) {
             dirty.mark(offset, length);
-            attemptError.compareAndSet(null, error instanceof java.util.concurrent.CompletionException c
+            attemptError.compareAndSet(null, error instanceof CompletionException c
                 && c.getCause() != null ? c.getCause() : error);
         } else {
             unflushed.mark(offset, length);

@@ -143,6 +143,19 @@ class MirrorIT {
         destination.volumes().export("vm1").volume().flusher().syncNow();
         assertThat(Arrays.equals(dataFile(destination, "vm1"), model))
             .as("destination equals every acknowledged write (%d writes, %d replays)", acked, replays.get()).isTrue();
+
+        // A restarted source remembers the move: the volume stays fenced and the address stays with the
+        // destination.
+        source.close();
+        source = tail("source");
+        source.listen("127.0.0.1", 0);
+        assertThat(source.volumes().ownership("vm1").state()).isEqualTo(Ownership.MOVED);
+        assertThat(source.volumes().isHeld("vm1")).isTrue();
+        final String[] hostPort = address.split(":");
+        try (NbdClient client = connect(new InetSocketAddress(hostPort[0], Integer.parseInt(hostPort[1])))) {
+            client.write(0, Unpooled.wrappedBuffer(new byte[] {42}), true).get(10, TimeUnit.SECONDS);
+        }
+        assertThat(dataFile(destination, "vm1")[0]).isEqualTo((byte) 42);
     }
 
     /**

@@ -250,8 +250,9 @@ public final class MirrorJob {
             volume.writeObserver(null);
             gate.unfreeze();
         }
-        closeConnection();
+        // Clear an abort's interrupt first, so that closing waits for the requests in flight.
         Thread.interrupted();
+        closeConnection();
         finish(finalState, error);
     }
 

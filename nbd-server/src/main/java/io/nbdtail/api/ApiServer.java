@@ -17,7 +17,11 @@ import com.sun.net.httpserver.HttpsServer;
 import io.nbdtail.layer.LayeredDevice;
 import io.nbdtail.nbd.engine.Export;
 import io.nbdtail.nbd.engine.NbdTransmissionHandler;
+import io.nbdtail.replication.MirrorJob;
+import io.nbdtail.replication.MirrorRefusedException;
+import io.nbdtail.server.MirrorService;
 import io.nbdtail.server.NbdTail;
+import io.nbdtail.server.Ownership;
 import io.nbdtail.volume.Volume;
 import io.nbdtail.volume.VolumeException;
 import io.nbdtail.volume.VolumeMetadata;
@@ -119,6 +123,14 @@ public final class ApiServer implements AutoCloseable {
         route("DELETE", "/v1/volumes/{name}/snapshots/{snapshot}", this::deleteSnapshot, true);
         route("POST", "/v1/volumes/{name}/snapshots/{snapshot}/rollback", this::rollback, true);
         route("POST", "/v1/volumes/{name}/snapshots/{snapshot}/clone", this::cloneSnapshot, true);
+        route("POST", "/v1/volumes/{name}/receive", this::receive, true);
+        route("PUT", "/v1/volumes/{name}/address", this::setAddress, false);
+        route("POST", "/v1/volumes/{name}/mirror", this::startMirror, true);
+        route("GET", "/v1/volumes/{name}/mirror", r -> Reply.json(200, mirrorJob(r.param(1)).status()), false);
+        route("DELETE", "/v1/volumes/{name}/mirror", this::abortMirror, false);
+        route("PUT", "/v1/volumes/{name}/mirror/rate", this::mirrorRate, false);
+        route("POST", "/v1/volumes/{name}/mirror/resolve", this::resolveMirror, false);
+        route("GET", "/v1/mirrors", r -> Reply.json(200, tail.mirrors().list()), false);
         route("GET", "/v1/operations", r -> Reply.json(200, tail.operations().list()), false);
         route("GET", "/v1/operations/{id}", r -> Reply.json(200, operation(r.param(1))), false);
         route("DELETE", "/v1/operations/{id}", r -> {
@@ -376,6 +388,13 @@ public final class ApiServer implements AutoCloseable {
         if (e instanceof IllegalArgumentException) {
             return error(422, "invalid_value", e.getMessage());
         }
+        if (e instanceof MirrorRefusedException) {
+            return error(409, "mirror_refused", e.getMessage());
+        }
+        if (e instanceof IOException) {
+            return error(502, "destination_unreachable", e.getMessage() + "; check the destination's address and"
+                + " that it is running, then start the mirror again");
+        }
         return error(500, "internal_error", "the server failed: " + e + "; see the server log");
     }
 
@@ -437,7 +456,17 @@ public final class ApiServer implements AutoCloseable {
         node.put("kind", m.kind() == VolumeMetadata.Kind.FILE ? "file" : "device");
         node.put("size", volume.size());
         node.put("allocatedBytes", tail.volumes().volumes().info(m.name()).allocatedBytes());
-        node.put("state", volume.failure() != null ? "failed" : m.readOnly() ? "read-only" : "serving");
+        final Ownership owner = tail.volumes().ownership(m.name());
+        node.put("state", tail.volumes().isHeld(m.name()) ? owner.state() : volume.failure() != null ? "failed"
+            : m.readOnly() ? "read-only" : "serving");
+        node.put("epoch", owner.epoch());
+        if (owner.serviceAddress() != null) {
+            node.put("serviceAddress", owner.serviceAddress());
+        }
+        if (owner.state().equals(Ownership.MOVED)
+            || owner.state().equals(Ownership.HANDING_OVER)) {
+            node.put("movedTo", owner.peer());
+        }
         node.put("readOnly", m.readOnly());
         node.put("description", m.description());
         node.put("created", m.created().toString());
@@ -645,6 +674,120 @@ public final class ApiServer implements AutoCloseable {
             throw new ApiException(422, "invalid_name", "the field 'name' (the new volume's name) is required");
         }
         return Reply.json(201, volume(tail.volumes().cloneVolume(request.param(1), request.param(2), body.name())));
+    }
+
+    // ------------------------------------------------------------------------------------------------ mirroring
+
+    /** Body of POST /v1/volumes/{name}/receive. */
+    private record Receive(Long size, String token, String source) {
+    }
+
+    private Reply receive(final Request request) throws Exception {
+        final Receive body = parse(request, Receive.class, true);
+        if (body.size() == null || body.size() <= 0) {
+            throw new ApiException(422, "invalid_size", "give the source volume's size in bytes as 'size'");
+        }
+        if (body.token() == null) {
+            throw new ApiException(422, "invalid_value", "give the shared secret as 'token' (at least 16 characters);"
+                + " the source's mirror request must present the same");
+        }
+        return Reply.json(201, volume(tail.mirrors().receive(request.param(1), body.size(), body.token(),
+            body.source())));
+    }
+
+    /** Body of PUT /v1/volumes/{name}/address. */
+    private record Address(String address) {
+    }
+
+    private Reply setAddress(final Request request) throws Exception {
+        final Address body = parse(request, Address.class, true);
+        tail.volumes().export(request.param(1));
+        tail.addresses().set(request.param(1), body.address());
+        final ObjectNode node = json.createObjectNode();
+        node.put("address", body.address());
+        return Reply.json(200, node);
+    }
+
+    /** Body of POST /v1/volumes/{name}/mirror. */
+    private record StartMirror(String destination, String token, Long bytesPerSecond, Long convergeMillis) {
+    }
+
+    private Reply startMirror(final Request request) throws Exception {
+        final StartMirror body = parse(request, StartMirror.class, true);
+        if (body.destination() == null || body.token() == null) {
+            throw new ApiException(422, "invalid_value", "give 'destination' (HOST:PORT of the destination tail's NBD"
+                + " listener) and the 'token' the destination was given in its receive request");
+        }
+        final long rate = body.bytesPerSecond() == null ? 0 : body.bytesPerSecond();
+        if (rate < 0 || body.convergeMillis() != null && body.convergeMillis() <= 0) {
+            throw new ApiException(422, "invalid_value", "bytesPerSecond must be >= 0 (0: unlimited) and"
+                + " convergeMillis positive");
+        }
+        try {
+            return Reply.json(202, tail.mirrors().start(request.param(1), new MirrorService.Request(
+                body.destination(), body.token(), rate, body.convergeMillis())));
+        } catch (final IllegalStateException e) {
+            throw new ApiException(409, "mirror_running", e.getMessage());
+        }
+    }
+
+    private MirrorJob mirrorJob(final String name) throws Exception {
+        tail.volumes().export(name);
+        final MirrorJob job = tail.mirrors().job(name);
+        if (job == null) {
+            throw new ApiException(404, "mirror_not_found", "volume '" + name + "' has not been mirrored since the"
+                + " server started; start one with POST /v1/volumes/" + name + "/mirror");
+        }
+        return job;
+    }
+
+    private Reply abortMirror(final Request request) throws Exception {
+        final MirrorJob job = mirrorJob(request.param(1));
+        if (!job.abort()) {
+            throw new ApiException(409, "mirror_cutover", "the mirror of '" + request.param(1) + "' is past its"
+                + " hand-over point and cannot be aborted; if its state is 'unknown', check the destination and use"
+                + " POST /v1/volumes/" + request.param(1) + "/mirror/resolve");
+        }
+        try {
+            job.done().get(10, TimeUnit.SECONDS);
+        } catch (final java.util.concurrent.TimeoutException e) {
+            // reported as still stopping
+        }
+        return Reply.json(200, job.status());
+    }
+
+    /** Body of PUT /v1/volumes/{name}/mirror/rate. */
+    private record MirrorRate(Long bytesPerSecond) {
+    }
+
+    private Reply mirrorRate(final Request request) throws Exception {
+        final MirrorRate body = parse(request, MirrorRate.class, true);
+        if (body.bytesPerSecond() == null || body.bytesPerSecond() < 0) {
+            throw new ApiException(422, "invalid_value", "give 'bytesPerSecond' >= 0 (0: unlimited)");
+        }
+        final MirrorJob job = mirrorJob(request.param(1));
+        job.rateLimit(body.bytesPerSecond());
+        return Reply.json(200, job.status());
+    }
+
+    /** Body of POST /v1/volumes/{name}/mirror/resolve. */
+    private record Resolve(String outcome) {
+    }
+
+    private Reply resolveMirror(final Request request) throws Exception {
+        final Resolve body = parse(request, Resolve.class, true);
+        if (!"moved".equals(body.outcome()) && !"source".equals(body.outcome())) {
+            throw new ApiException(422, "invalid_value", "outcome must be 'moved' (the destination owns the volume:"
+                + " check GET /v1/volumes/NAME there first) or 'source' (after the destination refused or deleted"
+                + " it)");
+        }
+        final String name = request.param(1);
+        tail.volumes().export(name);
+        if (!tail.mirrors().resolve(name, body.outcome().equals("moved"))) {
+            throw new ApiException(409, "nothing_to_resolve", "volume '" + name + "' has no cutover with an unknown"
+                + " outcome");
+        }
+        return Reply.json(200, volume(tail.volumes().export(name)));
     }
 
     private Operation operation(final String id) throws ApiException {

@@ -4,12 +4,14 @@ import io.nbdtail.nbd.engine.Export;
 import io.nbdtail.nbd.engine.ExportStats;
 import io.nbdtail.nbd.protocol.NbdCommand;
 import io.nbdtail.nbd.protocol.NbdError;
+import io.nbdtail.replication.MirrorStatus;
 import io.nbdtail.server.NbdTail;
 import io.nbdtail.storage.FlushCoordinator;
 import org.HdrHistogram.Histogram;
 
 import java.util.List;
 import java.util.Locale;
+import java.util.function.ToLongFunction;
 
 /**
  * {@code GET /metrics} in the Prometheus text format (0.0.4).
@@ -115,10 +117,47 @@ final class Metrics {
                     .append("\",volume=\"").append(op.volume).append("\"} ").append(format(op.progress())).append('\n');
             }
         }
+        mirrors(out);
         header(out, "nbdtail_uptime_seconds", "gauge", "Seconds since the server started.");
         out.append("nbdtail_uptime_seconds ").append((System.currentTimeMillis() - tail.started().toEpochMilli()) / 1000)
             .append('\n');
         return out.toString();
+    }
+
+    private static final List<String> MIRROR_STATES = List.of("connecting", "copying", "retrying", "cutover",
+        "unknown", "moved", "failed", "aborted");
+
+    /** One set of series per mirror since the start (finished ones keep their last values). */
+    private void mirrors(final StringBuilder out) {
+        final List<MirrorStatus> all = tail.mirrors().list();
+        header(out, "nbdtail_mirror_state", "gauge", "1 for the mirror's current state.");
+        for (final var m : all) {
+            for (final String state : MIRROR_STATES) {
+                out.append("nbdtail_mirror_state{volume=\"").append(m.volume()).append("\",state=\"").append(state)
+                    .append("\"} ").append(m.state().equals(state) ? 1 : 0).append('\n');
+            }
+        }
+        mirrorGauge(out, all, "nbdtail_mirror_bytes_copied_total", "counter", "Bytes written or zeroed at the"
+            + " destination.", MirrorStatus::bytesCopied);
+        mirrorGauge(out, all, "nbdtail_mirror_bytes_dirty", "gauge", "Bytes still to copy.",
+            MirrorStatus::bytesDirty);
+        mirrorGauge(out, all, "nbdtail_mirror_rate_bytes_per_second", "gauge", "Copy rate over the last seconds.",
+            MirrorStatus::rate);
+        mirrorGauge(out, all, "nbdtail_mirror_pass", "gauge", "Copy passes started.", m -> m.pass());
+        mirrorGauge(out, all, "nbdtail_mirror_attempts_total", "counter", "Failed attempts, each retried.",
+            m -> m.attempts());
+        mirrorGauge(out, all, "nbdtail_mirror_freeze_milliseconds", "gauge", "Guest writes held at the last cutover"
+            + " attempt; -1 before one.", MirrorStatus::freezeMillis);
+    }
+
+    private static void mirrorGauge(final StringBuilder out, final List<MirrorStatus> all,
+                                    final String name, final String type, final String help,
+                                    final ToLongFunction<MirrorStatus> value) {
+        header(out, name, type, help);
+        for (final var m : all) {
+            out.append(name).append("{volume=\"").append(m.volume()).append("\"} ").append(value.applyAsLong(m))
+                .append('\n');
+        }
     }
 
     private static String name(final NbdCommand c) {

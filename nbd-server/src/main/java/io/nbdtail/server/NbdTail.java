@@ -31,6 +31,8 @@ public final class NbdTail implements AutoCloseable {
     private final VolumeManager manager;
     private final NbdServer nbd;
     private final OperationManager operations;
+    private final MirrorService mirrors;
+    private final ServiceAddresses addresses;
     private final Instant started = Instant.now();
     private ApiServer api;
 
@@ -43,6 +45,10 @@ public final class NbdTail implements AutoCloseable {
         this.manager = new VolumeManager(volumes, storage, config.api.defaultAllow());
         this.nbd = new NbdServer(config.nbd, manager, storage);
         this.operations = new OperationManager(this.dataDir, VolumeService.mapper());
+        this.mirrors = new MirrorService(manager, config.mirror);
+        this.addresses = new ServiceAddresses(nbd, manager);
+        this.mirrors.addresses(addresses);
+        this.nbd.context().mirrorPeer(mirrors);
     }
 
     /**
@@ -63,12 +69,15 @@ public final class NbdTail implements AutoCloseable {
 
     /** Listens for NBD on {@code host:port} (port 0: any free port). */
     public InetSocketAddress listen(final String host, final int port) throws InterruptedException {
-        return nbd.bind(host, port);
+        final InetSocketAddress bound = nbd.bind(host, port);
+        addresses.bindAll();
+        return bound;
     }
 
     /** Serves NBD on an inherited socket (systemd socket activation). */
     public void listenInherited(final int fd) throws Exception {
         nbd.serveInherited(fd);
+        addresses.bindAll();
     }
 
     /** Starts the control API on {@code host:port}; returns the bound address. */
@@ -97,6 +106,14 @@ public final class NbdTail implements AutoCloseable {
         return operations;
     }
 
+    public MirrorService mirrors() {
+        return mirrors;
+    }
+
+    public ServiceAddresses addresses() {
+        return addresses;
+    }
+
     public Instant started() {
         return started;
     }
@@ -116,6 +133,8 @@ public final class NbdTail implements AutoCloseable {
             api.close();
         }
         operations.shutdown(5_000);
+        mirrors.close();
+        addresses.close();
         nbd.shutdown(config.nbd.shutdownTimeoutMillis);
         nbd.close();
         // Storage threads finish what they have before the volumes (and their descriptors) close.

@@ -3,6 +3,7 @@ package io.nbdtail.server;
 import com.fasterxml.jackson.annotation.JsonIgnoreProperties;
 import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import io.nbdtail.replication.MirrorConfig;
 import io.nbdtail.api.ApiConfig;
 import io.nbdtail.nbd.engine.NbdServerConfig;
 
@@ -17,7 +18,8 @@ import java.nio.file.Path;
  * {
  *   "listen": "127.0.0.1:10809",
  *   "nbd": { "maxConnections": 1024, "handshakeTimeoutMillis": 10000, ... },
- *   "api": { "listen": "127.0.0.1:10810", "tokenFile": "...", "aclDefault": "allow", "tls": { ... } }
+ *   "api": { "listen": "127.0.0.1:10810", "tokenFile": "...", "aclDefault": "allow", "tls": { ... } },
+ *   "mirror": { "maxInFlight": 16, "convergeMillis": 500, "requestTimeoutMillis": 60000, ... }
  * }
  * </pre>
  * The {@code nbd} keys are the fields of {@link NbdServerConfig}, the {@code api} keys those of {@link ApiConfig}. Unknown keys are an error, so that a typo
@@ -29,6 +31,8 @@ public final class ServerConfig {
     public String listen = "127.0.0.1:10809";
     public NbdServerConfig nbd = new NbdServerConfig();
     public ApiConfig api = new ApiConfig();
+    /** Defaults of live mirrors started on this server (the fields of {@link MirrorConfig}). */
+    public MirrorConfig mirror = new MirrorConfig();
 
     public static ServerConfig load(final Path file) throws IOException {
         final ObjectMapper mapper = new ObjectMapper().enable(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES);
@@ -39,6 +43,9 @@ public final class ServerConfig {
             }
             if (config.api == null) {
                 config.api = new ApiConfig();
+            }
+            if (config.mirror == null) {
+                config.mirror = new MirrorConfig();
             }
             return config;
         } catch (final IOException e) {

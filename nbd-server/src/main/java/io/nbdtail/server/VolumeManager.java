@@ -45,6 +45,9 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
     private final ConcurrentHashMap<String, Export> exports = new ConcurrentHashMap<>();
     private final ConcurrentHashMap<String, String> unavailable = new ConcurrentHashMap<>();
     private final ConcurrentHashMap<String, Object> locks = new ConcurrentHashMap<>();
+    /** Open volumes that are not served: receiving a mirror, handing over, or moved away (see {@link Ownership}). */
+    private final ConcurrentHashMap<String, Export> held = new ConcurrentHashMap<>();
+    private final ConcurrentHashMap<String, Ownership> ownership = new ConcurrentHashMap<>();
 
     /**
      * @param defaultAllow the policy for volumes without an access list: allow every client, or none.
@@ -95,7 +98,14 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
             final Export export = Export.of(volume);
             final List<String> acl = volumes.readAcl(name);
             export.accessList(acl == null ? null : AccessList.parse(acl));
-            exports.put(name, export);
+            final Ownership owner = volumes.readSideRecord(name, VolumeService.MIRROR_RECORD, Ownership.class);
+            ownership.put(name, owner == null ? Ownership.DEFAULT : owner);
+            if (owner == null || owner.served()) {
+                exports.put(name, export);
+            } else {
+                LOG.info("volume {} is {} (epoch {}); not served", name, owner.state(), owner.epoch());
+                held.put(name, export);
+            }
             unavailable.remove(name);
             return export;
         } catch (final VolumeException | RuntimeException e) {
@@ -116,7 +126,10 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
 
     public Export export(final String name) throws VolumeException {
         VolumeService.checkName(name);
-        final Export export = exports.get(name);
+        Export export = exports.get(name);
+        if (export == null) {
+            export = held.get(name);
+        }
         if (export == null) {
             final String why = unavailable.get(name);
             if (why != null) {
@@ -131,6 +144,7 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
 
     public List<Export> all() {
         final List<Export> list = new ArrayList<>(exports.values());
+        list.addAll(held.values());
         list.sort(Comparator.comparing(Export::name));
         return list;
     }
@@ -143,7 +157,11 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
     /** Grows a file volume; new connections see the new size. */
     public Export grow(final String name, final long size) throws VolumeException {
         synchronized (lock(name)) {
-            final Export export = export(name);
+            final Export export = served(name);
+            if (export.volume().writeObserver() != null) {
+                throw new VolumeException(VolumeException.Code.LOCKED, "volume '" + name + "' is being mirrored;"
+                    + " grow it after the mirror ends, or abort the mirror first");
+            }
             volumes.grow(export.volume(), size);
             return export;
         }
@@ -179,11 +197,26 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
      */
     public void delete(final String name, final boolean force) throws VolumeException {
         synchronized (lock(name)) {
+            final Export heldExport = held.remove(name);
+            if (heldExport != null) {
+                // Not served: only a mirror source's connections can be open; they go at once.
+                heldExport.close();
+                heldExport.connections().forEach(NbdTransmissionHandler::forceClose);
+                waitForConnections(heldExport);
+                heldExport.volume().close();
+                volumes.delete(name);
+                ownership.remove(name);
+                return;
+            }
             final Export export = exports.get(name);
             if (export == null) {
                 volumes.delete(name);
                 unavailable.remove(name);
                 return;
+            }
+            if (export.volume().writeObserver() != null && !force) {
+                throw new VolumeException(VolumeException.Code.LOCKED, "volume '" + name + "' is being mirrored;"
+                    + " abort the mirror first (DELETE /v1/volumes/" + name + "/mirror) or delete with force=true");
             }
             final List<NbdTransmissionHandler> connected = export.connections();
             if (!connected.isEmpty() && !force) {
@@ -214,6 +247,97 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
             }
             export.volume().close();
             volumes.delete(name);
+            ownership.remove(name);
+        }
+    }
+
+    // ------------------------------------------------------------------------------------ ownership (mirroring)
+
+    /** The served export {@code name}; a held one (receiving, moved, handing over) is refused with its state. */
+    public Export served(final String name) throws VolumeException {
+        final Export export = export(name);
+        if (held.containsKey(name)) {
+            throw new VolumeException(VolumeException.Code.CORRUPT, "volume '" + name + "' is "
+                + ownership(name).state() + ", not served; see GET /v1/volumes/" + name);
+        }
+        return export;
+    }
+
+    /** Who owns {@code name} now. */
+    public Ownership ownership(final String name) {
+        return ownership.getOrDefault(name, Ownership.DEFAULT);
+    }
+
+    /** Whether {@code name} is open but not served. */
+    public boolean isHeld(final String name) {
+        return held.containsKey(name);
+    }
+
+    /** The held export {@code name}, or {@code null}. */
+    public Export heldExport(final String name) {
+        return held.get(name);
+    }
+
+    /** Records a new ownership durably (fsynced) and then believes it. */
+    public void recordOwnership(final String name, final Ownership record) throws VolumeException {
+        volumes.writeSideRecord(name, VolumeService.MIRROR_RECORD, record);
+        ownership.put(name, record);
+    }
+
+    /** Creates a volume that is held from its first moment with {@code record} (a mirror destination). */
+    public Export createHeld(final String name, final long size, final Ownership record) throws VolumeException {
+        VolumeService.checkName(name);
+        synchronized (lock(name)) {
+            volumes.create(name, size, null, "", false, java.util.Map.of(VolumeService.MIRROR_RECORD, record));
+            return open(name);
+        }
+    }
+
+    /** Starts serving a held volume (a destination after its cutover, or a source that stays). */
+    public Export adopt(final String name) throws VolumeException {
+        synchronized (lock(name)) {
+            final Export export = held.remove(name);
+            if (export == null) {
+                return export(name);
+            }
+            // A fresh export: connections of the held one (the mirror source's) never carry over.
+            final Export served = new Export(export.name(), export.description(), export.volume(), export.readOnly());
+            served.accessList(export.accessList());
+            export.close();
+            export.connections().forEach(NbdTransmissionHandler::forceClose);
+            exports.put(name, served);
+            LOG.info("volume {} is served from now on", name);
+            return served;
+        }
+    }
+
+    /**
+     * Stops serving {@code name} without closing it: no new connection finds it, and the connected ones are closed
+     * at once, without answering requests still held (their clients replay them elsewhere).
+     */
+    public Export withdraw(final String name) {
+        synchronized (lock(name)) {
+            final Export export = exports.remove(name);
+            if (export == null) {
+                return held.get(name);
+            }
+            export.close();
+            held.put(name, export);
+            export.connections().forEach(NbdTransmissionHandler::forceClose);
+            waitForConnections(export);
+            return export;
+        }
+    }
+
+    private static void waitForConnections(final Export export) {
+        final long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(5);
+        while (!export.connections().isEmpty() && System.nanoTime() < deadline) {
+            try {
+                Thread.sleep(5);
+            } catch (final InterruptedException e) {
+                Thread.currentThread().interrupt();
+                return;
+            }
         }
     }
 
@@ -450,6 +574,10 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
         for (final Export export : exports.values()) {
             export.volume().close();
         }
+        for (final Export export : held.values()) {
+            export.volume().close();
+        }
         exports.clear();
+        held.clear();
     }
 }

@@ -98,6 +98,8 @@ public final class Volume implements AutoCloseable {
 
     public void write(final ByteBuffer src, final long offset) throws StorageException {
         checkWritable();
+        final long length = src.remaining();
+        final WriteObserver observer = beforeWrite(offset, length);
         enter();
         try {
             device.write(src, offset);
@@ -105,6 +107,7 @@ public final class Volume implements AutoCloseable {
             throw failIfIoError(e);
         } finally {
             exit();
+            afterWrite(observer, offset, length);
         }
     }
 
@@ -121,6 +124,7 @@ public final class Volume implements AutoCloseable {
     /** Writes from native memory; see {@link BlockDevice#write(long, int, long)}. */
     public void write(final long address, final int length, final long offset) throws StorageException {
         checkWritable();
+        final WriteObserver observer = beforeWrite(offset, length);
         enter();
         try {
             device.write(address, length, offset);
@@ -128,12 +132,14 @@ public final class Volume implements AutoCloseable {
             throw failIfIoError(e);
         } finally {
             exit();
+            afterWrite(observer, offset, length);
         }
     }
 
     public void writeZeroes(final long offset, final long length, final boolean mayUnmap, final boolean fastOnly)
         throws StorageException {
         checkWritable();
+        final WriteObserver observer = beforeWrite(offset, length);
         enter();
         try {
             device.writeZeroes(offset, length, mayUnmap, fastOnly);
@@ -141,11 +147,13 @@ public final class Volume implements AutoCloseable {
             throw failIfIoError(e);
         } finally {
             exit();
+            afterWrite(observer, offset, length);
         }
     }
 
     public void discard(final long offset, final long length) throws StorageException {
         checkWritable();
+        final WriteObserver observer = beforeWrite(offset, length);
         enter();
         try {
             device.discard(offset, length);
@@ -153,6 +161,7 @@ public final class Volume implements AutoCloseable {
             throw failIfIoError(e);
         } finally {
             exit();
+            afterWrite(observer, offset, length);
         }
     }
 
@@ -317,6 +326,61 @@ public final class Volume implements AutoCloseable {
             } catch (final Exception e) {
                 LOG.warn("volume {}: releasing the lock failed: {}", metadata.name(), e.toString());
             }
+        }
+    }
+
+    // ------------------------------------------------------------------------------ write observer (mirroring)
+
+    /**
+     * Sees every change to the volume's bytes (write, write-zeroes, discard): the live mirror's dirty tracking and
+     * its write gate (throttling, the cutover freeze, the fence after a move).
+     */
+    public interface WriteObserver {
+        /**
+         * Called before a change reaches the device; may wait (throttle, freeze) or refuse the change by throwing.
+         */
+        void beforeWrite(long offset, long length) throws StorageException;
+
+        /**
+         * Called after the change, whether it succeeded or not (a failed write may have changed some bytes).
+         *
+         * @param admitted whether this observer's {@link #beforeWrite} admitted the change; {@code false} for a
+         *                 change that started before the observer was installed.
+         */
+        void afterWrite(long offset, long length, boolean admitted);
+    }
+
+    private volatile WriteObserver writeObserver;
+
+    /**
+     * Installs the observer ({@code null} removes it). A change already under way when it is installed is still
+     * reported to {@link WriteObserver#afterWrite} (with {@code admitted == false}), so no change is missed.
+     */
+    public void writeObserver(final WriteObserver observer) {
+        this.writeObserver = observer;
+    }
+
+    /** The installed observer, or {@code null}. */
+    public WriteObserver writeObserver() {
+        return writeObserver;
+    }
+
+    private WriteObserver beforeWrite(final long offset, final long length) throws StorageException {
+        final WriteObserver observer = writeObserver;
+        if (observer != null) {
+            observer.beforeWrite(offset, length);
+        }
+        return observer;
+    }
+
+    private void afterWrite(final WriteObserver admittedBy, final long offset, final long length) {
+        // The observer installed now, not the one at the start: a change that began before a mirror started
+        // must still be marked dirty for it.
+        final WriteObserver observer = writeObserver;
+        if (observer != null) {
+            observer.afterWrite(offset, length, observer == admittedBy);
+        } else if (admittedBy != null) {
+            admittedBy.afterWrite(offset, length, true);
         }
     }
 

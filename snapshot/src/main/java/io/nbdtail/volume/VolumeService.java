@@ -46,6 +46,7 @@ import java.time.temporal.ChronoUnit;
 import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.List;
+import java.util.Map;
 import java.util.Objects;
 import java.util.Set;
 import java.util.UUID;
@@ -89,11 +90,13 @@ public final class VolumeService {
     private static final String DATA = "data.raw";
     private static final String LOCK = "lock";
     private static final String ACL = "acl.json";
+    /** The volume's ownership record (serving, receiving, moved; epoch), kept by the live mirror. */
+    public static final String MIRROR_RECORD = "mirror.json";
     private static final String CREATING = ".creating-";
     private static final String DELETING = ".deleting-";
     /** Files a volume directory of ours can hold; anything else means someone else put it there. */
     private static final Set<String> OUR_FILES = Set.of(RECORD, RECORD_TEMP, DATA, LOCK, ACL, ACL + ".tmp",
-        Manifest.FILE, Manifest.FILE + ".tmp", "layers");
+        Manifest.FILE, Manifest.FILE + ".tmp", "layers", MIRROR_RECORD, MIRROR_RECORD + ".tmp");
     /** How long {@link #lockDataDirectory} waits out a short-lived holder (another command's clean-up). */
     private static final long SERVER_LOCK_WAIT_MILLIS = 1_000;
     /** How long opening or deleting a volume waits out a short-lived holder ({@link #info} testing the lock). */
@@ -165,7 +168,21 @@ public final class VolumeService {
      */
     public VolumeMetadata create(final String name, final long size, final String devicePath,
                                  final String description, final boolean readOnly) throws VolumeException {
+        return create(name, size, devicePath, description, readOnly, Map.of());
+    }
+
+    /**
+     * {@link #create(String, long, String, String, boolean)} with side records (see {@link #writeSideRecord}) that
+     * are in place from the first moment the volume exists: a volume created to receive a mirror is never, even
+     * after a crash, an ordinary empty volume.
+     */
+    public VolumeMetadata create(final String name, final long size, final String devicePath,
+                                 final String description, final boolean readOnly, final Map<String, Object> records)
+        throws VolumeException {
         checkName(name);
+        for (final String file : records.keySet()) {
+            checkSideRecord(file);
+        }
         final Path device = devicePath == null ? null : devicePath(devicePath);
         final long volumeSize = device == null ? checkSize(size) : deviceSize(device, size);
         final Path dir = volumesDir.resolve(name);
@@ -182,6 +199,9 @@ public final class VolumeService {
         place(metadata, temp -> {
             if (device == null) {
                 createSparseFile(temp.resolve(DATA), volumeSize);
+            }
+            for (final Map.Entry<String, Object> record : records.entrySet()) {
+                writeJson(temp, record.getKey(), record.getValue());
             }
         });
         LOG.info("created volume {} ({} bytes, {})", name, volumeSize, metadata.kind());
@@ -676,6 +696,45 @@ public final class VolumeService {
         } catch (final IOException e) {
             throw new VolumeException(VolumeException.Code.IO_ERROR, "cannot store the access list of volume '" + name
                 + "': " + reason(e), e);
+        }
+    }
+
+    // ------------------------------------------------------------------- side records of other modules
+
+    /**
+     * Reads a side record ({@link #MIRROR_RECORD}) of a volume, or {@code null} if it has none. Side records belong
+     * to the modules above storage; this class only keeps them crash-safe and inside the volume's directory.
+     */
+    public <T> T readSideRecord(final String name, final String file, final Class<T> type) throws VolumeException {
+        checkName(name);
+        checkSideRecord(file);
+        final Path path = existing(name).resolve(file);
+        if (!Files.exists(path)) {
+            return null;
+        }
+        try {
+            return JSON.readValue(Files.readAllBytes(path), type);
+        } catch (final IOException e) {
+            throw corrupt(path, e.getMessage(), e);
+        }
+    }
+
+    /** Replaces a side record atomically and durably (temporary file, fsync, rename, fsync of the directory). */
+    public void writeSideRecord(final String name, final String file, final Object value) throws VolumeException {
+        checkName(name);
+        checkSideRecord(file);
+        final Path dir = existing(name);
+        try {
+            writeJson(dir, file, value);
+        } catch (final IOException e) {
+            throw new VolumeException(VolumeException.Code.IO_ERROR, "cannot store " + file + " of volume '" + name
+                + "': " + reason(e) + "; check the disc", e);
+        }
+    }
+
+    private static void checkSideRecord(final String file) {
+        if (!file.equals(MIRROR_RECORD)) {
+            throw new IllegalArgumentException("unknown side record " + file);
         }
     }
 

@@ -3,6 +3,7 @@ package io.nbdtail.tools;
 import io.nbdtail.tools.online.AclCommand;
 import io.nbdtail.tools.online.ClientsCommand;
 import io.nbdtail.tools.online.CompletionCommand;
+import io.nbdtail.tools.online.MirrorCommand;
 import io.nbdtail.tools.online.OperationCommand;
 import io.nbdtail.tools.online.StatusCommand;
 import io.nbdtail.volume.VolumeException;
@@ -26,8 +27,8 @@ import java.util.Properties;
 @Command(name = "nbdtail", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
     description = "Block-storage server for tails: serves volumes to qemu over NBD.",
     subcommands = {ServeCommand.class, VolumeCommand.class, SnapshotCommand.class, CheckCommand.class,
-        StatusCommand.class, ClientsCommand.class,
-        AclCommand.class, OperationCommand.class, CompletionCommand.class, CommandLine.HelpCommand.class})
+        StatusCommand.class, ClientsCommand.class, AclCommand.class, OperationCommand.class, MirrorCommand.class,
+        CompletionCommand.class, CommandLine.HelpCommand.class})
 public final class Main {
     /** The exit code of a command that ran and failed. */
     public static final int EXIT_FAILED = 1;

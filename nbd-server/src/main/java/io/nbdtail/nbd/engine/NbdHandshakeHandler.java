@@ -42,6 +42,10 @@ import static io.nbdtail.nbd.protocol.NbdConstants.*;
 public final class NbdHandshakeHandler extends ByteToMessageDecoder {
     private static final Logger LOG = LoggerFactory.getLogger(NbdHandshakeHandler.class);
 
+    /** Set on connections accepted on a volume's own service address: only that volume is visible. */
+    public static final io.netty.util.AttributeKey<String> ONLY_EXPORT =
+        io.netty.util.AttributeKey.valueOf("nbdtail.onlyExport");
+
     /** The only metadata context id this server hands out (per connection, opaque to the client). */
     static final int BASE_ALLOCATION_ID = 1;
 
@@ -52,6 +56,8 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
         OPTION_HEADER,
         /** Waiting for the option's data. */
         OPTION_DATA,
+        /** An option is being answered asynchronously (nbdtail's mirror option); input waits. */
+        PAUSED,
         /** Transmission started, or the connection is being closed. */
         DONE
     }
@@ -73,6 +79,8 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
     private ScheduledFuture<?> timeout;
     /** STARTTLS was accepted: everything from here on goes through the TLS handler in front of this one. */
     private boolean tlsActive;
+    /** The receiving export a mirror hello on this connection opened to it; {@code null} for ordinary clients. */
+    private Export mirrorExport;
 
     public NbdHandshakeHandler(final NbdServerContext context) {
         this.context = context;
@@ -160,6 +168,8 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
                 state = State.OPTION_HEADER;
                 handleOption(ctx, data, in);
                 return;
+            case PAUSED:
+                return;
             case DONE:
                 in.skipBytes(in.readableBytes());
                 return;
@@ -198,6 +208,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
             case OPT_INFO, OPT_GO -> infoOrGo(ctx, data);
             case OPT_STRUCTURED_REPLY -> structuredReply(ctx, data);
             case OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT -> metaContext(ctx, data);
+            case OPT_NBDTAIL_MIRROR -> mirror(ctx, data);
             default -> reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_UNSUP,
                 "option " + Integer.toUnsignedString(option) + " is not supported"));
         }
@@ -258,7 +269,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
      * authorization. A refusal looks exactly like a name that does not exist.
      */
     private Export findExport(final ChannelHandlerContext ctx, final String name) {
-        final Export export = context.exports().find(name, ctx.channel().remoteAddress());
+        final Export export = find(ctx, name);
         if (export == null || tls == null) {
             return export;
         }
@@ -276,8 +287,10 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
             reply(ctx, invalid(ctx, "LIST takes no data"));
             return;
         }
+        final String only = ctx.channel().attr(ONLY_EXPORT).get();
         for (final Export export : context.exports().list(ctx.channel().remoteAddress())) {
-            if (tls != null && !tls.authorizes(export.name(), clientIdentity(ctx))) {
+            if (only != null && !only.equals(export.name())
+                || tls != null && !tls.authorizes(export.name(), clientIdentity(ctx))) {
                 continue;
             }
             ctx.write(NbdReplies.optionServer(ctx.alloc(), option, export.name(), export.description()),
@@ -417,6 +430,62 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
         reply(ctx, NbdReplies.optionAck(ctx.alloc(), option));
     }
 
+    /** The export {@code name} for this connection: the registry's, or the one a mirror hello opened. */
+    private Export find(final ChannelHandlerContext ctx, final String name) {
+        if (mirrorExport != null && mirrorExport.name().equals(name)) {
+            return mirrorExport.closing() ? null : mirrorExport;
+        }
+        final String only = ctx.channel().attr(ONLY_EXPORT).get();
+        if (only != null) {
+            return name.isEmpty() || name.equals(only) ? context.exports().find(only, ctx.channel().remoteAddress())
+                : null;
+        }
+        return context.exports().find(name, ctx.channel().remoteAddress());
+    }
+
+    /**
+     * nbdtail's mirror option: answered by the {@link MirrorPeer} off the event loop; input waits meanwhile
+     * (a client sends nothing else until it has the answer).
+     */
+    private void mirror(final ChannelHandlerContext ctx, final ByteBuf data) {
+        final MirrorPeer peer = context.mirrorPeer();
+        if (peer == null) {
+            reply(ctx, NbdReplies.optionError(ctx.alloc(), option, REP_ERR_UNSUP, "this server does not receive"
+                + " mirrors"));
+            return;
+        }
+        final byte[] request = new byte[data.readableBytes()];
+        data.readBytes(request);
+        final int opt = option;
+        state = State.PAUSED;
+        peer.handle(request, ctx.channel().remoteAddress()).whenComplete((result, error) ->
+            ctx.executor().execute(() -> {
+                if (state != State.PAUSED) {
+                    return;
+                }
+                state = State.OPTION_HEADER;
+                if (error != null) {
+                    final Throwable cause = error instanceof java.util.concurrent.CompletionException
+                        && error.getCause() != null ? error.getCause() : error;
+                    final int type = cause instanceof MirrorPeer.Refused r ? r.replyType() : REP_ERR_PLATFORM;
+                    reply(ctx, NbdReplies.optionError(ctx.alloc(), opt, type, String.valueOf(cause.getMessage())));
+                } else {
+                    mirrorExport = result.export() != null ? result.export() : mirrorExport;
+                    final ByteBuf header = ctx.alloc().buffer(OPTION_REPLY_HEADER_LENGTH + result.reply().length);
+                    header.writeLong(OPTION_REPLY_MAGIC).writeInt(opt).writeInt(REP_NBDTAIL_MIRROR)
+                        .writeInt(result.reply().length).writeBytes(result.reply());
+                    ctx.write(header, ctx.voidPromise());
+                    reply(ctx, NbdReplies.optionAck(ctx.alloc(), opt));
+                }
+                // Anything the client sent meanwhile is still in the cumulation; decode it now.
+                try {
+                    channelRead(ctx, io.netty.buffer.Unpooled.EMPTY_BUFFER);
+                } catch (final Exception e) {
+                    exceptionCaught(ctx, e);
+                }
+            }));
+    }
+
     private void startTransmission(final ChannelHandlerContext ctx, final Export export, final int flags,
                                    final String name) {
         state = State.DONE;
@@ -424,7 +493,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
         ctx.flush();
         final List<MetaContext> contexts = name.equals(metaContextExport) ? selectedContexts : List.of();
         final NbdSession session = new NbdSession(export, structuredReplies, flags, contexts,
-            String.valueOf(ctx.channel().remoteAddress()));
+            String.valueOf(ctx.channel().remoteAddress()), export == mirrorExport);
         final ChannelPipeline pipeline = ctx.pipeline();
         pipeline.addAfter(ctx.name(), "nbd-request-decoder",
             new NbdRequestDecoder(config.maxPayload, config.maxDiscardedPayload));

@@ -13,6 +13,7 @@ public final class NbdServerContext {
     private final Executor storageExecutor;
     private final NbdTls tls;
     private volatile boolean shuttingDown;
+    private volatile MirrorPeer mirrorPeer;
 
     public NbdServerContext(final NbdServerConfig config, final ExportRegistry exports,
                             final Executor storageExecutor) {
@@ -44,6 +45,15 @@ public final class NbdServerContext {
     /** Where disc I/O runs; never an event loop. */
     public Executor storageExecutor() {
         return storageExecutor;
+    }
+
+    /** Who answers nbdtail's mirror option; {@code null}: the option is unsupported. */
+    public MirrorPeer mirrorPeer() {
+        return mirrorPeer;
+    }
+
+    public void mirrorPeer(final MirrorPeer peer) {
+        this.mirrorPeer = peer;
     }
 
     public boolean shuttingDown() {

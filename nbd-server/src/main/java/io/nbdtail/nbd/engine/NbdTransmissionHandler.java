@@ -174,7 +174,8 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         stats.onConnectionOpened();
         // The handshake checked the export and the access list a moment ago; both can have changed since (a
         // delete, an ACL change). Registering first and checking again closes that window.
-        if (id == null || context.exports().find(export.name(), ctx.channel().remoteAddress()) != export) {
+        if (id == null || !session.mirror()
+            && context.exports().find(export.name(), ctx.channel().remoteAddress()) != export) {
             LOG.info("refusing client={} export={}: the export was deleted or the client is no longer allowed",
                 session.client(), export.name());
             closed = true;

@@ -39,12 +39,19 @@ public final class NbdConstants {
     public static final int OPT_LIST_META_CONTEXT = 9;
     public static final int OPT_SET_META_CONTEXT = 10;
     public static final int OPT_EXTENDED_HEADERS = 11;
+    /**
+     * nbdtail's own option between tails (live mirroring): a JSON request, answered with one
+     * {@link #REP_NBDTAIL_MIRROR} reply (JSON) and an ACK, or an error reply. Other servers answer ERR_UNSUP.
+     */
+    public static final int OPT_NBDTAIL_MIRROR = 0x4e544d01;
 
     // --- Option reply types; errors have bit 31 set ---
     public static final int REP_ACK = 1;
     public static final int REP_SERVER = 2;
     public static final int REP_INFO = 3;
     public static final int REP_META_CONTEXT = 4;
+    /** The JSON answer to {@link #OPT_NBDTAIL_MIRROR}. */
+    public static final int REP_NBDTAIL_MIRROR = 0x4e544d01;
     public static final int REP_ERR_UNSUP = 0x80000001;
     public static final int REP_ERR_POLICY = 0x80000002;
     public static final int REP_ERR_INVALID = 0x80000003;

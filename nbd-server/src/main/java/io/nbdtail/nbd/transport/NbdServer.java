@@ -100,6 +100,27 @@ public final class NbdServer implements AutoCloseable {
     }
 
     /**
+     * Binds a listener that serves only {@code export} (a volume's own service address): the empty export name
+     * and the volume's name both open it, nothing else is visible. With {@code freeBind} the address need not be
+     * configured on this host yet (IP_FREEBIND), so the listener can be ready before the address moves here.
+     *
+     * @return the listener, to close when the volume leaves.
+     */
+    public Channel bindExport(final String host, final int port, final String export, final boolean freeBind)
+        throws InterruptedException {
+        final ServerBootstrap bootstrap = bootstrap(false, export)
+            .channel(epoll ? EpollServerSocketChannel.class : NioServerSocketChannel.class);
+        if (freeBind && epoll) {
+            bootstrap.option(io.netty.channel.epoll.EpollChannelOption.IP_FREEBIND, true);
+        }
+        final Channel channel = bootstrap.bind(host, port).sync().channel();
+        listeners.add(channel);
+        channel.closeFuture().addListener(f -> listeners.remove(channel));
+        LOG.info("listening on {} for volume {}", channel.localAddress(), export);
+        return channel;
+    }
+
+    /**
      * Serves on a listening socket inherited as file descriptor {@code fd} (systemd socket activation). TCP and
      * Unix-domain sockets both work; {@code nbdinfo -- [ nbdtail serve ... ]} hands over a Unix one.
      */
@@ -119,6 +140,10 @@ public final class NbdServer implements AutoCloseable {
     }
 
     private ServerBootstrap bootstrap(final boolean unix) {
+        return bootstrap(unix, null);
+    }
+
+    private ServerBootstrap bootstrap(final boolean unix, final String onlyExport) {
         final NbdServerConfig config = context.config();
         final ServerBootstrap b = new ServerBootstrap()
             .group(bossGroup, workerGroup)
@@ -132,6 +157,9 @@ public final class NbdServer implements AutoCloseable {
                 @Override
                 protected void initChannel(final Channel ch) {
                     connections.add(ch);
+                    if (onlyExport != null) {
+                        ch.attr(NbdHandshakeHandler.ONLY_EXPORT).set(onlyExport);
+                    }
                     ch.pipeline()
                         .addLast("limiter", limiter)
                         .addLast("nbd-handshake", new NbdHandshakeHandler(context));

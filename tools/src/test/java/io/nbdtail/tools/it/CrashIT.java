@@ -122,7 +122,7 @@ class CrashIT {
             }
             try (server) {
                 final CompletableFuture<ExternalTool.Result> workload = round(server, random.nextLong(), 20);
-                final int exit = server.awaitExit(25);
+                final int exit = server.exitCodeWithin(25);
                 if (exit != 137) {
                     notReached.add(point);
                     server.kill9();

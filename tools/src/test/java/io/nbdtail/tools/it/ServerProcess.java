@@ -32,10 +32,11 @@ final class ServerProcess implements AutoCloseable {
     }
 
     /** The command prefix that runs the jar with the JVM flags of the build. */
-    static List<String> java() {
+    static List<String> java(final String... jvmFlags) {
         final List<String> cmd = new ArrayList<>();
         cmd.add(Path.of(System.getProperty("java.home"), "bin", "java").toString());
         cmd.addAll(Arrays.asList(System.getProperty("nbdtail.jvm.flags", "").trim().split("\\s+")));
+        cmd.addAll(Arrays.asList(jvmFlags));
         cmd.add("-jar");
         cmd.add(jar().toString());
         return cmd;
@@ -64,15 +65,21 @@ final class ServerProcess implements AutoCloseable {
 
     /** Starts {@code nbdtail serve} and waits until it accepts connections. */
     static ServerProcess start(final Path dataDir, final Path log) throws Exception {
-        return start(dataDir, log, List.of());
+        return start(dataDir, log, freePort(), freePort());
     }
 
-    /** Starts {@code nbdtail serve} with extra JVM options (such as a test fault point) before {@code -jar}. */
+    /** Starts {@code nbdtail serve} with extra JVM options (such as a test fault point). */
     static ServerProcess start(final Path dataDir, final Path log, final List<String> jvmOptions) throws Exception {
-        final int port = freePort();
-        final int apiPort = freePort();
-        final List<String> cmd = java();
-        cmd.addAll(1, jvmOptions);
+        return start(dataDir, log, freePort(), freePort(), jvmOptions.toArray(String[]::new));
+    }
+
+    /**
+     * Starts {@code nbdtail serve} on given ports (to restart a server where its peers expect it), with extra JVM
+     * flags such as {@code -Dnbdtail.test.faults=...}.
+     */
+    static ServerProcess start(final Path dataDir, final Path log, final int port, final int apiPort,
+                               final String... jvmFlags) throws Exception {
+        final List<String> cmd = java(jvmFlags);
         cmd.addAll(List.of("serve", "--data-dir", dataDir.toString(), "--listen", "127.0.0.1:" + port,
             "--api-listen", "127.0.0.1:" + apiPort));
         final Process p = new ProcessBuilder(cmd).redirectErrorStream(true)
@@ -112,25 +119,37 @@ final class ServerProcess implements AutoCloseable {
         throw new AssertionError("server did not start listening; log:\n" + logText());
     }
 
+    int port() {
+        return port;
+    }
+
+    int apiPort() {
+        return apiPort;
+    }
+
+    boolean alive() {
+        return process.isAlive();
+    }
+
+    /** Waits for the process to exit (a fault hook halting it); returns the exit code. */
+    int awaitExit(final long seconds) throws Exception {
+        if (!process.waitFor(seconds, TimeUnit.SECONDS)) {
+            throw new AssertionError("server did not exit within " + seconds + " s; log:\n" + logText());
+        }
+        return process.exitValue();
+    }
+
     /** The control API's base URL. */
     String apiUrl() {
         return "http://127.0.0.1:" + apiPort;
-    }
-
-    int port() {
-        return port;
     }
 
     String uri(final String export) {
         return "nbd://127.0.0.1:" + port + "/" + export;
     }
 
-    boolean isAlive() {
-        return process.isAlive();
-    }
-
     /** Waits for the process to end by itself; returns its exit code, or -1 if it is still running. */
-    int awaitExit(final long timeoutSeconds) throws InterruptedException {
+    int exitCodeWithin(final long timeoutSeconds) throws InterruptedException {
         return process.waitFor(timeoutSeconds, TimeUnit.SECONDS) ? process.exitValue() : -1;
     }
 

@@ -1,0 +1,157 @@
+package io.nbdtail.server;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import io.nbdtail.nbd.client.NbdClient;
+import io.nbdtail.nbd.client.NbdClientException;
+import io.nbdtail.replication.MirrorRefusedException;
+import io.nbdtail.replication.MirrorSession;
+import io.nbdtail.replication.MirrorTarget;
+import io.nbdtail.volume.VolumeService;
+import io.netty.buffer.Unpooled;
+import io.netty.channel.EventLoopGroup;
+
+import java.io.IOException;
+import java.net.InetSocketAddress;
+import java.nio.ByteBuffer;
+import java.util.List;
+import java.util.concurrent.CompletableFuture;
+
+import static io.nbdtail.nbd.protocol.NbdConstants.OPT_NBDTAIL_MIRROR;
+
+/**
+ * A destination tail reached over NBD: the hello, commit and resolve requests travel as nbdtail's mirror option
+ * in the handshake (JSON, authenticated with the shared token); the data travels as ordinary NBD writes and
+ * zeroes on the connection the hello opened, so the receiving export is written by nothing else.
+ */
+final class NbdMirrorTarget implements MirrorTarget {
+    private final EventLoopGroup group;
+    private final InetSocketAddress address;
+    private final String token;
+    private final long timeoutMillis;
+    private final String serviceAddress;
+    private final ObjectMapper json = VolumeService.mapper();
+
+    NbdMirrorTarget(final EventLoopGroup group, final InetSocketAddress address, final String token,
+                    final long timeoutMillis, final String serviceAddress) {
+        this.group = group;
+        this.address = address;
+        this.token = token == null ? "" : token;
+        this.timeoutMillis = timeoutMillis;
+        this.serviceAddress = serviceAddress;
+    }
+
+    private ObjectNode request(final String op, final MirrorSession session, final long epoch) {
+        final ObjectNode node = json.createObjectNode();
+        node.put("op", op);
+        node.put("volume", session.volume());
+        node.put("volumeId", session.volumeId().toString());
+        node.put("session", session.sessionId());
+        node.put("size", session.size());
+        node.put("epoch", epoch);
+        node.put("token", token);
+        if (serviceAddress != null && op.equals("hello")) {
+            node.put("serviceAddress", serviceAddress);
+        }
+        return node;
+    }
+
+    private NbdClient.Options options(final ObjectNode request, final boolean optionsOnly) throws IOException {
+        final NbdClient.Options options = new NbdClient.Options();
+        options.exportName = request.path("volume").asText();
+        options.extraOptions = List.of(new NbdClient.ExtraOption(OPT_NBDTAIL_MIRROR, json.writeValueAsBytes(request)));
+        options.optionsOnly = optionsOnly;
+        options.requestTimeoutMillis = timeoutMillis;
+        options.connectTimeoutMillis = Math.min(timeoutMillis, 15_000);
+        return options;
+    }
+
+    private static IOException translate(final NbdClientException e) {
+        return e.optionReply() != 0 ? new MirrorRefusedException("the destination refused: " + e.getMessage(), e) : e;
+    }
+
+    private JsonNode ask(final String op, final MirrorSession session, final long epoch)
+        throws IOException, InterruptedException {
+        final NbdClient client;
+        try {
+            client = NbdClient.connect(group, address, options(request(op, session, epoch), true));
+        } catch (final NbdClientException e) {
+            throw translate(e);
+        }
+        if (client.extraReplies().isEmpty()) {
+            throw new IOException("no answer to the mirror " + op + " from " + address);
+        }
+        return json.readTree(client.extraReplies().getFirst());
+    }
+
+    @Override
+    public Connection connect(final MirrorSession session) throws IOException, InterruptedException {
+        final NbdClient client;
+        try {
+            client = NbdClient.connect(group, address, options(request("hello", session, session.epoch()), false));
+        } catch (final NbdClientException e) {
+            throw translate(e);
+        }
+        if (client.extraReplies().isEmpty()) {
+            client.abort();
+            throw new MirrorRefusedException(address + " is an NBD server but not an nbdtail that receives mirrors");
+        }
+        final JsonNode hello = json.readTree(client.extraReplies().getFirst());
+        if (client.size() != session.size()) {
+            client.abort();
+            throw new MirrorRefusedException("size mismatch: the destination serves " + client.size() + " bytes, the"
+                + " source has " + session.size());
+        }
+        final boolean resumable = hello.path("resumable").asBoolean();
+        final boolean empty = hello.path("empty").asBoolean();
+        return new Connection() {
+            @Override
+            public boolean resumable() {
+                return resumable;
+            }
+
+            @Override
+            public boolean empty() {
+                return empty;
+            }
+
+            @Override
+            public CompletableFuture<Void> write(final long offset, final ByteBuffer data) {
+                return client.write(offset, Unpooled.wrappedBuffer(data), false);
+            }
+
+            @Override
+            public CompletableFuture<Void> zero(final long offset, final long length) {
+                return client.writeZeroes(offset, length, false);
+            }
+
+            @Override
+            public CompletableFuture<Void> flush() {
+                return client.flush();
+            }
+
+            @Override
+            public void close() {
+                client.close();
+            }
+        };
+    }
+
+    @Override
+    public void commit(final MirrorSession session, final long epoch) throws IOException, InterruptedException {
+        final JsonNode answer = ask("commit", session, epoch);
+        if (answer.path("epoch").asLong(-1) != epoch) {
+            throw new IOException("unexpected answer to the cutover: " + answer);
+        }
+    }
+
+    @Override
+    public boolean resolve(final MirrorSession session, final long epoch) throws IOException, InterruptedException {
+        final JsonNode answer = ask("resolve", session, epoch);
+        if (!answer.has("owned")) {
+            throw new IOException("unexpected answer to resolve: " + answer);
+        }
+        return answer.path("owned").asBoolean();
+    }
+}

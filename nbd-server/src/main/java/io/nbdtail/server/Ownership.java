@@ -1,0 +1,60 @@
+package io.nbdtail.server;
+
+import java.time.Instant;
+
+/**
+ * Who owns a volume, as stored in its {@code mirror.json} (see {@code docs/mirroring.md}). A volume without the
+ * record is {@code serving} at epoch 0.
+ *
+ * @param state            {@code serving}; {@code receiving} (a mirror destination: not served, written only by
+ *                         the authenticated source); {@code handing-over} (a source between its freeze and the
+ *                         destination's answer: not served until resolved); {@code moved} (fenced: never served
+ *                         again).
+ * @param epoch            ownership generation; a cutover hands over {@code epoch + 1}.
+ * @param peer             the destination ({@code handing-over}, {@code moved}) or the source's address or
+ *                         network ({@code receiving}; {@code null}: any).
+ * @param session          the mirror session whose copy a receiving volume holds.
+ * @param cancelledSession a session whose cutover this receiving volume refused for good (after an unknown
+ *                         outcome was resolved).
+ * @param tokenSha256      SHA-256 (hex) of the shared secret a mirror source must present.
+ * @param originId         the source volume's id, adopted at the first hello.
+ * @param written          whether any session has written to a receiving volume (else holes need not be sent).
+ * @param serviceAddress   the volume's own {@code ADDR:PORT}, bound (with IP_FREEBIND) while this tail serves it
+ *                         and taken over by the destination of a mirror; {@code null}: only the server's listener.
+ * @param changed          when the record was written.
+ */
+public record Ownership(String state, long epoch, String peer, String session, String cancelledSession,
+                        String tokenSha256, String originId, boolean written, String serviceAddress,
+                        Instant changed) {
+    public static final String SERVING = "serving";
+    public static final String RECEIVING = "receiving";
+    public static final String HANDING_OVER = "handing-over";
+    public static final String MOVED = "moved";
+
+    public static final Ownership DEFAULT = new Ownership(SERVING, 0, null, null, null, null, null, false, null,
+        null);
+
+    public Ownership with(final String newState, final long newEpoch, final String newPeer) {
+        return new Ownership(newState, newEpoch, newPeer, session, cancelledSession, tokenSha256, originId, written,
+            serviceAddress, Instant.now());
+    }
+
+    public Ownership withSession(final String newSession, final String newOriginId, final long newEpoch) {
+        return new Ownership(state, newEpoch, peer, newSession, cancelledSession, tokenSha256, newOriginId, true,
+            serviceAddress, Instant.now());
+    }
+
+    public Ownership cancel() {
+        return new Ownership(state, epoch, peer, null, session, tokenSha256, originId, written, serviceAddress,
+            Instant.now());
+    }
+
+    public Ownership withServiceAddress(final String address) {
+        return new Ownership(state, epoch, peer, session, cancelledSession, tokenSha256, originId, written, address,
+            Instant.now());
+    }
+
+    public boolean served() {
+        return state.equals(SERVING);
+    }
+}

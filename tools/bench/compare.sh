@@ -3,12 +3,14 @@
 #
 #   tools/bench/compare.sh [--rounds N] [--runtime S] [--out DIR] [--servers a,b,c] [--workloads w1,w2]
 #                          [--warmup S] [--size 1G] [--port-base P] [--nbdtail-config FILE]
-#                          [--nbdtail-java-opts 'OPTS'] [--variant 'NAME|CONFIG|JAVA_OPTS']... [--label TEXT]
+#                          [--nbdtail-java-opts 'OPTS'] [--variant 'NAME|CONFIG|JAVA_OPTS[|JAR]']... [--label TEXT]
 #                          [--report-only]
 #
 #   --variant adds a server "nbdtail@NAME": nbdtail with that configuration file and/or JVM options (either may
 #   be empty), serving the same file (a second data directory whose data.raw is a hard link), measured
-#   interleaved with the others, so that a configuration change is compared under the same noise.
+#   interleaved with the others, so that a configuration change is compared under the same noise. JAR, if
+#   given, is another nbdtail.jar (say, one built from the previous commit), so that a code change is compared
+#   the same way; it is copied before the run starts.
 #   --report-only rebuilds results.json, results.md and compare.png from an existing OUT/samples.jsonl.
 #
 # What it does:
@@ -95,12 +97,17 @@ for w in "${all_workloads[@]}"; do
 done
 [[ ${#workloads[@]} -gt 0 ]] || { echo "compare.sh: no workload matches --workloads $workloads_arg" >&2; exit 2; }
 IFS=, read -r -a server_list <<<"$servers"
-declare -A variant_config variant_opts
+declare -A variant_config variant_opts variant_jar
 for v in "${variants[@]}"; do
-  IFS='|' read -r vname vconfig vopts <<<"$v"
-  [[ -n "$vname" ]] || { echo "compare.sh: --variant needs a name: 'NAME|CONFIG|JAVA_OPTS'" >&2; exit 2; }
+  IFS='|' read -r vname vconfig vopts vjar <<<"$v"
+  [[ -n "$vname" ]] || { echo "compare.sh: --variant needs a name: 'NAME|CONFIG|JAVA_OPTS[|JAR]'" >&2; exit 2; }
   variant_config[$vname]="${vconfig:+$(readlink -f "$vconfig")}"
   variant_opts[$vname]="$vopts"
+  if [[ -n "$vjar" && ! -f "$vjar" ]]; then
+    echo "compare.sh: --variant $vname: no jar $vjar; build one (bin/build) and copy it there" >&2
+    exit 2
+  fi
+  variant_jar[$vname]="${vjar:+$(readlink -f "$vjar")}"
   server_list+=("nbdtail@$vname")
 done
 servers="$(IFS=,; echo "${server_list[*]}")"
@@ -210,7 +217,13 @@ start_server() { # server index
       ln "$file" "$vdata/volumes/disk/data.raw"
       local vcmd=(serve --data-dir "$vdata" --listen "127.0.0.1:$p" --api-listen off)
       [[ -n "${variant_config[$v]}" ]] && vcmd+=(--config "${variant_config[$v]}")
-      NBDTAIL_JAVA_OPTS="${variant_opts[$v]}" "$root/bin/nbdtail" "${vcmd[@]}" >"$out/raw/$s.log" 2>&1 &
+      local vjar="$NBDTAIL_JAR"
+      if [[ -n "${variant_jar[$v]}" ]]; then
+        vjar="$scratch/nbdtail-$v.jar"
+        cp "${variant_jar[$v]}" "$vjar"
+      fi
+      NBDTAIL_JAR="$vjar" NBDTAIL_JAVA_OPTS="${variant_opts[$v]}" "$root/bin/nbdtail" "${vcmd[@]}" \
+        >"$out/raw/$s.log" 2>&1 &
       ;;
     qemu-nbd)
       # At its best: writeback cache, thread pool AIO, 8 shared connections, persistent.

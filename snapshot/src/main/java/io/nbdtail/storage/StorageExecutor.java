@@ -22,16 +22,20 @@ public final class StorageExecutor implements Executor, AutoCloseable {
 
     private final ThreadPoolExecutor pool;
 
+    /** Plain daemon threads named {@code nbdtail-io-N}. */
     public StorageExecutor(final int threads) {
+        this(threads, plainThreads());
+    }
+
+    /**
+     * @param factory makes the storage threads. The NBD server passes one that makes Netty
+     *                {@code FastThreadLocalThread}s: on any other thread Netty's object pools and the pooled
+     *                allocator's thread cache miss on every call, so each request would allocate.
+     */
+    public StorageExecutor(final int threads, final ThreadFactory factory) {
         if (threads < 1) {
             throw new IllegalArgumentException("storage threads must be at least 1, got " + threads);
         }
-        final AtomicInteger counter = new AtomicInteger();
-        final ThreadFactory factory = r -> {
-            final Thread t = new Thread(r, "nbdtail-io-" + counter.incrementAndGet());
-            t.setDaemon(true);
-            return t;
-        };
         pool = new ThreadPoolExecutor(threads, threads, 0, TimeUnit.MILLISECONDS,
             new ArrayBlockingQueue<>(QUEUE_CAPACITY), factory, (task, executor) -> {
                 if (executor.isShutdown()) {
@@ -43,6 +47,15 @@ public final class StorageExecutor implements Executor, AutoCloseable {
                 }
             });
         pool.prestartAllCoreThreads();
+    }
+
+    private static ThreadFactory plainThreads() {
+        final AtomicInteger counter = new AtomicInteger();
+        return r -> {
+            final Thread t = new Thread(r, "nbdtail-io-" + counter.incrementAndGet());
+            t.setDaemon(true);
+            return t;
+        };
     }
 
     @Override

@@ -309,6 +309,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         inFlight++;
         inFlightBytes += op.weight;
         stats.onDispatched();
+        op.prepare(ctx.alloc(), session.structuredReplies(), config.maxReadChunks);
         storage.execute(op);
     }
 
@@ -322,6 +323,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         } else {
             final NbdError error = op.error();
             if (error != null) {
+                op.releaseReply();
                 replyError(op.request().cookie(), op.command(), error, op.errorMessage());
             } else {
                 final ByteBuf reply = op.takeReply();

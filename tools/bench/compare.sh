@@ -262,6 +262,9 @@ run_fio() { # server workload-args json-out runtime
 measure() { # round server workload-name workload-args
   local r="$1" s="$2" name="$3" args="$4" raw t0 t1 c0 c1 elapsed cpu_s
   raw="$out/raw/r$r-$s-$name"
+  # The source of nbdcopy-in, made once and outside the timed part (it used to be made inside the first
+  # server's run, which then paid for copying the whole disc).
+  [[ "$name" != nbdcopy-in || -f "$shm/in.raw" ]] || cp "$file" "$shm/in.raw"
   sync
   sleep 0.5
   c0="$(cpu_ticks "${pid[$s]}")"
@@ -271,7 +274,6 @@ measure() { # round server workload-name workload-args
       nbdcopy --request-size=262144 "nbd://127.0.0.1:${port[$s]}/disk" "$shm/out.raw"
       ;;
     nbdcopy-in)
-      [[ -f "$shm/in.raw" ]] || cp "$file" "$shm/in.raw"
       nbdcopy --request-size=262144 "$shm/in.raw" "nbd://127.0.0.1:${port[$s]}/disk"
       ;;
     *)

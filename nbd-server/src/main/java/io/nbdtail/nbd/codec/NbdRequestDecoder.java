@@ -18,8 +18,9 @@ import java.util.List;
  * A payload that spans socket reads is gathered into one pooled direct buffer of exactly its length, allocated
  * once the header has been checked: each byte is copied once, and the cumulation never grows. (The default
  * merge cumulator would instead grow the cumulation by doubling, copying what it holds each time, and copy it
- * again while an earlier payload's slice still shares it; see {@code LargeWriteDecodeBenchmark}.) A WRITE
- * longer than
+ * again while an earlier payload's slice still shares it; see {@code LargeWriteDecodeBenchmark}.) With a
+ * {@link PayloadRecvByteBufAllocator} on the channel, the socket reads the rest of a large payload straight into
+ * that buffer, and nothing is copied at all. A WRITE longer than
  * {@code maxPayload} is answered without buffering its payload: the request is passed on at once, flagged
  * {@link NbdRequest#payloadDropped()}, and the payload bytes are skipped as they arrive, up to
  * {@code maxDiscard}; beyond that the connection is closed, because keeping the stream in step would mean
@@ -110,7 +111,15 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
                 state = State.READ_PAYLOAD;
                 // fall through: copy what is already here
             case READ_PAYLOAD:
-                in.readBytes(payload, Math.min(in.readableBytes(), payload.writableBytes()));
+                final int n = Math.min(in.readableBytes(), payload.writableBytes());
+                if (in.hasMemoryAddress() && payload.hasMemoryAddress()
+                    && in.memoryAddress() + in.readerIndex() == payload.memoryAddress() + payload.writerIndex()) {
+                    // The socket read into the payload itself (receiveTarget): the bytes are already in place.
+                    payload.writerIndex(payload.writerIndex() + n);
+                    in.skipBytes(n);
+                } else {
+                    in.readBytes(payload, n);
+                }
                 if (payload.isWritable()) {
                     return;
                 }
@@ -135,8 +144,31 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
         }
     }
 
+    /**
+     * Where the next socket read should go: a slice of the missing part of the payload being gathered, if at least
+     * {@code minBytes} are missing; {@code null} for a normal receive buffer. The caller owns the slice (one
+     * reference) and hands it back through the pipeline as the bytes read, as with any receive buffer.
+     */
+    ByteBuf receiveTarget(final int minBytes) {
+        final ByteBuf p = payload;
+        if (state != State.READ_PAYLOAD || p == null || p.writableBytes() < minBytes || !p.hasMemoryAddress()) {
+            return null;
+        }
+        return p.retainedSlice(p.writerIndex(), p.writableBytes()).clear();
+    }
+
+    @Override
+    public void handlerAdded(final ChannelHandlerContext ctx) {
+        if (ctx.channel().config().getRecvByteBufAllocator() instanceof PayloadRecvByteBufAllocator a) {
+            a.register(this);
+        }
+    }
+
     @Override
     protected void handlerRemoved0(final ChannelHandlerContext ctx) {
+        if (ctx.channel().config().getRecvByteBufAllocator() instanceof PayloadRecvByteBufAllocator a) {
+            a.unregister(this);
+        }
         // The connection closed (or the decoder was removed) in the middle of a payload.
         final ByteBuf p = payload;
         payload = null;

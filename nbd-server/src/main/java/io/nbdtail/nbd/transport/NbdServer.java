@@ -1,5 +1,6 @@
 package io.nbdtail.nbd.transport;
 
+import io.nbdtail.nbd.codec.PayloadRecvByteBufAllocator;
 import io.nbdtail.nbd.engine.ExportRegistry;
 import io.nbdtail.nbd.engine.NbdHandshakeHandler;
 import io.nbdtail.nbd.engine.NbdServerConfig;
@@ -155,14 +156,16 @@ public final class NbdServer implements AutoCloseable {
             .group(bossGroup, workerGroup)
             .option(ChannelOption.SO_BACKLOG, 1024)
             .childOption(ChannelOption.ALLOCATOR, ALLOCATOR)
-            // Reads grow up to 256 KiB so that a 1 MiB WRITE needs few syscalls.
-            .childOption(ChannelOption.RECVBUF_ALLOCATOR, new AdaptiveRecvByteBufAllocator(512, 16 << 10, 256 << 10))
             // Above 8 MiB of unsent replies the connection stops reading requests (see NbdTransmissionHandler).
             .childOption(ChannelOption.WRITE_BUFFER_WATER_MARK, new WriteBufferWaterMark(2 << 20, 8 << 20))
             .childHandler(new ChannelInitializer<>() {
                 @Override
                 protected void initChannel(final Channel ch) {
                     connections.add(ch);
+                    // Reads grow up to 256 KiB; the rest of a large WRITE payload is read straight into its
+                    // buffer (one allocator per channel: it knows that channel's decoder).
+                    ch.config().setRecvByteBufAllocator(new PayloadRecvByteBufAllocator(
+                        new AdaptiveRecvByteBufAllocator(512, 16 << 10, 256 << 10)));
                     ch.pipeline()
                         .addLast("limiter", limiter)
                         .addLast("nbd-handshake", new NbdHandshakeHandler(context));

@@ -27,7 +27,8 @@
 #   * per run: MiB/s, IOPS, p50/p99 completion latency (fio's clat percentiles; for the 70/30 mix, of the reads),
 #     and the server's CPU time (utime + stime from /proc/PID/stat, all threads) divided by requests;
 #   * writes OUT/samples.jsonl (every run), OUT/results.json (medians per workload and server, and each peer's
-#     ratio to nbdtail), OUT/results.md (the table) and OUT/compare.png (ratio chart).
+#     ratio to nbdtail), OUT/results.md (the table), OUT/noise.md (lowest / median / highest MiB/s of the
+#     rounds) and OUT/compare.png (ratio chart).
 #
 # Everything it starts is stopped on exit (by pid), and the scratch directory is removed.
 set -euo pipefail
@@ -389,6 +390,18 @@ jq -r '
   (.workloads[] | .workload as $w | .ratios as $r | .servers | to_entries[]
    | "| \($w) | \(.key) | \(.value.mibps | f(1)) | \(.value.iops | f(0)) | \(.value.p50_us | f(1)) | \(.value.p99_us | f(1)) | \(.value.cpu_us_per_req | f(2)) | \($r[.key].mibps | r) | \($r[.key].p99_us | r) | \($r[.key].cpu_us_per_req | r) |")
   ' "$out/results.json" >"$out/results.md"
+
+# Noise: lowest / median / highest MiB/s of the rounds, per workload and server.
+jq -rs --arg order "$servers" --argjson worder "$order_json" '
+  def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def f: . * 10 | round / 10 | tostring;
+  ($order | split(",")) as $servers
+  | "| workload | " + ($servers | join(" | ")) + " |",
+    "|---|" + ($servers | map("---") | join("|")) + "|",
+    (group_by(.workload) | sort_by(.[0].workload as $w | $worder | index($w)) | .[] | . as $runs
+     | "| \(.[0].workload) | " + ($servers | map(. as $s | $runs | map(select(.server == $s) | .mibps)
+         | if length == 0 then "–" else "\(min | f) / \(median | f) / \(max | f)" end) | join(" | ")) + " |")
+  ' "$out/samples.jsonl" >"$out/noise.md"
 
 # Chart: each peer's throughput divided by nbdtail's, per workload; the line at 1 is nbdtail.
 peers=()

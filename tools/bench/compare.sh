@@ -430,7 +430,7 @@ if [[ ${#peers[@]} -gt 0 && " ${server_list[*]} " == *" nbdtail "* ]]; then
     sep=""
     col=2
     for p in "${peers[@]}"; do
-      plot+="$sep '$out/ratios.tsv' using $col:xtic(1) title '$p'"
+      plot+="$sep '$out/ratios.tsv' using $col:xtic(1) title '$p' noenhanced"
       sep=","
       col=$((col + 1))
     done

@@ -3,12 +3,14 @@
 #
 #   tools/bench/compare.sh [--rounds N] [--runtime S] [--out DIR] [--servers a,b,c] [--workloads w1,w2]
 #                          [--warmup S] [--size 1G] [--port-base P] [--nbdtail-config FILE]
-#                          [--nbdtail-java-opts 'OPTS'] [--variant 'NAME|CONFIG|JAVA_OPTS']... [--label TEXT]
+#                          [--nbdtail-java-opts 'OPTS'] [--variant 'NAME|CONFIG|JAVA_OPTS[|JAR]']... [--label TEXT]
 #                          [--report-only]
 #
 #   --variant adds a server "nbdtail@NAME": nbdtail with that configuration file and/or JVM options (either may
 #   be empty), serving the same file (a second data directory whose data.raw is a hard link), measured
-#   interleaved with the others, so that a configuration change is compared under the same noise.
+#   interleaved with the others, so that a configuration change is compared under the same noise. JAR, if
+#   given, is another nbdtail.jar (say, one built from the previous commit), so that a code change is compared
+#   the same way; it is copied before the run starts.
 #   --report-only rebuilds results.json, results.md and compare.png from an existing OUT/samples.jsonl.
 #
 # What it does:
@@ -25,7 +27,8 @@
 #   * per run: MiB/s, IOPS, p50/p99 completion latency (fio's clat percentiles; for the 70/30 mix, of the reads),
 #     and the server's CPU time (utime + stime from /proc/PID/stat, all threads) divided by requests;
 #   * writes OUT/samples.jsonl (every run), OUT/results.json (medians per workload and server, and each peer's
-#     ratio to nbdtail), OUT/results.md (the table) and OUT/compare.png (ratio chart).
+#     ratio to nbdtail), OUT/results.md (the table), OUT/noise.md (lowest / median / highest MiB/s of the
+#     rounds) and OUT/compare.png (ratio chart).
 #
 # Everything it starts is stopped on exit (by pid), and the scratch directory is removed.
 set -euo pipefail
@@ -95,12 +98,17 @@ for w in "${all_workloads[@]}"; do
 done
 [[ ${#workloads[@]} -gt 0 ]] || { echo "compare.sh: no workload matches --workloads $workloads_arg" >&2; exit 2; }
 IFS=, read -r -a server_list <<<"$servers"
-declare -A variant_config variant_opts
+declare -A variant_config variant_opts variant_jar
 for v in "${variants[@]}"; do
-  IFS='|' read -r vname vconfig vopts <<<"$v"
-  [[ -n "$vname" ]] || { echo "compare.sh: --variant needs a name: 'NAME|CONFIG|JAVA_OPTS'" >&2; exit 2; }
+  IFS='|' read -r vname vconfig vopts vjar <<<"$v"
+  [[ -n "$vname" ]] || { echo "compare.sh: --variant needs a name: 'NAME|CONFIG|JAVA_OPTS[|JAR]'" >&2; exit 2; }
   variant_config[$vname]="${vconfig:+$(readlink -f "$vconfig")}"
   variant_opts[$vname]="$vopts"
+  if [[ -n "$vjar" && ! -f "$vjar" ]]; then
+    echo "compare.sh: --variant $vname: no jar $vjar; build one (bin/build) and copy it there" >&2
+    exit 2
+  fi
+  variant_jar[$vname]="${vjar:+$(readlink -f "$vjar")}"
   server_list+=("nbdtail@$vname")
 done
 servers="$(IFS=,; echo "${server_list[*]}")"
@@ -210,7 +218,13 @@ start_server() { # server index
       ln "$file" "$vdata/volumes/disk/data.raw"
       local vcmd=(serve --data-dir "$vdata" --listen "127.0.0.1:$p" --api-listen off)
       [[ -n "${variant_config[$v]}" ]] && vcmd+=(--config "${variant_config[$v]}")
-      NBDTAIL_JAVA_OPTS="${variant_opts[$v]}" "$root/bin/nbdtail" "${vcmd[@]}" >"$out/raw/$s.log" 2>&1 &
+      local vjar="$NBDTAIL_JAR"
+      if [[ -n "${variant_jar[$v]}" ]]; then
+        vjar="$scratch/nbdtail-$v.jar"
+        cp "${variant_jar[$v]}" "$vjar"
+      fi
+      NBDTAIL_JAR="$vjar" NBDTAIL_JAVA_OPTS="${variant_opts[$v]}" "$root/bin/nbdtail" "${vcmd[@]}" \
+        >"$out/raw/$s.log" 2>&1 &
       ;;
     qemu-nbd)
       # At its best: writeback cache, thread pool AIO, 8 shared connections, persistent.
@@ -249,6 +263,9 @@ run_fio() { # server workload-args json-out runtime
 measure() { # round server workload-name workload-args
   local r="$1" s="$2" name="$3" args="$4" raw t0 t1 c0 c1 elapsed cpu_s
   raw="$out/raw/r$r-$s-$name"
+  # The source of nbdcopy-in, made once and outside the timed part (it used to be made inside the first
+  # server's run, which then paid for copying the whole disc).
+  [[ "$name" != nbdcopy-in || -f "$shm/in.raw" ]] || cp "$file" "$shm/in.raw"
   sync
   sleep 0.5
   c0="$(cpu_ticks "${pid[$s]}")"
@@ -258,7 +275,6 @@ measure() { # round server workload-name workload-args
       nbdcopy --request-size=262144 "nbd://127.0.0.1:${port[$s]}/disk" "$shm/out.raw"
       ;;
     nbdcopy-in)
-      [[ -f "$shm/in.raw" ]] || cp "$file" "$shm/in.raw"
       nbdcopy --request-size=262144 "$shm/in.raw" "nbd://127.0.0.1:${port[$s]}/disk"
       ;;
     *)
@@ -375,6 +391,18 @@ jq -r '
    | "| \($w) | \(.key) | \(.value.mibps | f(1)) | \(.value.iops | f(0)) | \(.value.p50_us | f(1)) | \(.value.p99_us | f(1)) | \(.value.cpu_us_per_req | f(2)) | \($r[.key].mibps | r) | \($r[.key].p99_us | r) | \($r[.key].cpu_us_per_req | r) |")
   ' "$out/results.json" >"$out/results.md"
 
+# Noise: lowest / median / highest MiB/s of the rounds, per workload and server.
+jq -rs --arg order "$servers" --argjson worder "$order_json" '
+  def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def f: . * 10 | round / 10 | tostring;
+  ($order | split(",")) as $servers
+  | "| workload | " + ($servers | join(" | ")) + " |",
+    "|---|" + ($servers | map("---") | join("|")) + "|",
+    (group_by(.workload) | sort_by(.[0].workload as $w | $worder | index($w)) | .[] | . as $runs
+     | "| \(.[0].workload) | " + ($servers | map(. as $s | $runs | map(select(.server == $s) | .mibps)
+         | if length == 0 then "–" else "\(min | f) / \(median | f) / \(max | f)" end) | join(" | ")) + " |")
+  ' "$out/samples.jsonl" >"$out/noise.md"
+
 # Chart: each peer's throughput divided by nbdtail's, per workload; the line at 1 is nbdtail.
 peers=()
 for s in "${server_list[@]}"; do [[ "$s" != nbdtail ]] && peers+=("$s"); done
@@ -402,7 +430,7 @@ if [[ ${#peers[@]} -gt 0 && " ${server_list[*]} " == *" nbdtail "* ]]; then
     sep=""
     col=2
     for p in "${peers[@]}"; do
-      plot+="$sep '$out/ratios.tsv' using $col:xtic(1) title '$p'"
+      plot+="$sep '$out/ratios.tsv' using $col:xtic(1) title '$p' noenhanced"
       sep=","
       col=$((col + 1))
     done

@@ -6,7 +6,9 @@
 #     end, divided by fio's request count), and
 #   * the sampled allocation sites (jdk.ObjectAllocationSample): thread group, class, top frames.
 #
-#   tools/bench/server-alloc.sh [--runtime S] [--config FILE] [--java-opts 'OPTS'] [--keep DIR] [-- FIO ARGS]
+#   tools/bench/server-alloc.sh [--runtime S] [--config FILE] [--java-opts 'OPTS'] [--jar FILE] [--keep DIR]
+#                               [-- FIO ARGS]
+# --jar measures another nbdtail.jar (say, one built from an earlier commit) instead of tools/target/nbdtail.jar.
 # Default workload: --rw=randread --bs=4k --iodepth=32. Example: tools/bench/server-alloc.sh -- --rw=randwrite
 # --bs=4k --iodepth=32
 set -euo pipefail
@@ -16,6 +18,7 @@ runtime=10
 config=""
 java_opts=""
 keep=""
+jar="$root/tools/target/nbdtail.jar"
 port=10950
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -23,6 +26,7 @@ while [[ $# -gt 0 ]]; do
     --config) config="$(readlink -f "$2")"; shift 2 ;;
     --java-opts) java_opts="$2"; shift 2 ;;
     --keep) keep="$2"; shift 2 ;;
+    --jar) jar="$(readlink -f "$2")"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
     --) shift; break ;;
     *) echo "server-alloc.sh: unknown argument $1" >&2; exit 2 ;;
@@ -47,7 +51,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cp "$root/tools/target/nbdtail.jar" "$work/nbdtail.jar"
+cp "$jar" "$work/nbdtail.jar"
 export NBDTAIL_JAR="$work/nbdtail.jar"
 "$root/bin/nbdtail" volume create disk --size 1G --data-dir "$work/data" >/dev/null
 dd if=/dev/urandom of="$work/data/volumes/disk/data.raw" bs=1M count=1024 conv=notrunc status=none

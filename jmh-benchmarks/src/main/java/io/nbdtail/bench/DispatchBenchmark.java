@@ -10,6 +10,7 @@ import io.nbdtail.nbd.engine.SimpleExportRegistry;
 import io.nbdtail.nbd.protocol.NbdCommand;
 import io.nbdtail.nbd.protocol.NbdConstants;
 import io.nbdtail.nbd.protocol.NbdRequest;
+import io.nbdtail.nbd.transport.NbdServer;
 import io.nbdtail.volume.Volume;
 import io.netty.buffer.ByteBuf;
 import io.netty.buffer.PooledByteBufAllocator;
@@ -71,7 +72,7 @@ public class DispatchBenchmark extends BenchmarkBase {
             Runnable::run);
 
         channel = new EmbeddedChannel(false, false, new NbdHandshakeHandler(context));
-        channel.config().setAllocator(PooledByteBufAllocator.DEFAULT);
+        channel.config().setAllocator(NbdServer.ALLOCATOR);
         channel.register();
         pipeline = channel.pipeline();
         handshake();

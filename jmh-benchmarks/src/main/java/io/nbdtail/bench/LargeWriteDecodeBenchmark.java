@@ -4,7 +4,9 @@ import io.nbdtail.nbd.codec.NbdRequestDecoder;
 import io.nbdtail.nbd.protocol.NbdCommand;
 import io.nbdtail.nbd.protocol.NbdConstants;
 import io.nbdtail.nbd.protocol.NbdRequest;
+import io.nbdtail.nbd.transport.NbdServer;
 import io.netty.buffer.ByteBuf;
+import io.netty.buffer.ByteBufAllocator;
 import io.netty.buffer.PooledByteBufAllocator;
 import io.netty.channel.ChannelPipeline;
 import io.netty.channel.embedded.EmbeddedChannel;
@@ -26,7 +28,11 @@ import org.openjdk.jmh.annotations.TearDown;
  * <p>{@code deliver} is the baseline: the same buffers made and released without decoding (its cost is the
  * copy that stands in for the kernel's). {@code decode} - {@code deliver} is what the decoder adds per request.
  * {@code holdPrevious=true} keeps the previous request's payload alive while the next one arrives, as a WRITE in
- * flight on a storage thread does: the shared cumulation then has a reference count above 1 and must be copied.
+ * flight on a storage thread does.
+ *
+ * <p>{@code allocator=server} is the server's allocator ({@code NbdServer.ALLOCATOR}, 16 MiB chunks),
+ * {@code netty} is Netty's default (4 MiB chunks), with which 1 MiB buffers make the arena free and map chunks
+ * over and over.
  */
 @State(Scope.Thread)
 public class LargeWriteDecodeBenchmark extends BenchmarkBase {
@@ -41,17 +47,22 @@ public class LargeWriteDecodeBenchmark extends BenchmarkBase {
     @Param({"false", "true"})
     boolean holdPrevious;
 
+    @Param({"server", "netty"})
+    String allocator;
+
     private EmbeddedChannel channel;
     private ChannelPipeline pipeline;
     private ByteBuf message;
     private ByteBuf[] reads;
     private NbdRequest previous;
+    private ByteBufAllocator alloc;
 
     @Setup(Level.Trial)
     public void setUp() throws Exception {
         requireFastThreadLocalThread();
+        alloc = "server".equals(allocator) ? NbdServer.ALLOCATOR : PooledByteBufAllocator.DEFAULT;
         channel = new EmbeddedChannel(false, false, new NbdRequestDecoder(32 << 20, 128 << 20));
-        channel.config().setAllocator(PooledByteBufAllocator.DEFAULT);
+        channel.config().setAllocator(alloc);
         channel.register();
         pipeline = channel.pipeline();
         message = PooledByteBufAllocator.DEFAULT.directBuffer(NbdConstants.REQUEST_LENGTH + payload);
@@ -81,7 +92,7 @@ public class LargeWriteDecodeBenchmark extends BenchmarkBase {
         final int total = message.readableBytes();
         for (int i = 0, at = 0; at < total; i++, at += read) {
             final int n = Math.min(read, total - at);
-            final ByteBuf b = PooledByteBufAllocator.DEFAULT.directBuffer(RECV_BUFFER);
+            final ByteBuf b = alloc.directBuffer(RECV_BUFFER);
             b.writeBytes(message, at, n);
             reads[i] = b;
         }

@@ -4,6 +4,7 @@ import io.nbdtail.nbd.codec.NbdRequestDecoder;
 import io.nbdtail.nbd.protocol.NbdCommand;
 import io.nbdtail.nbd.protocol.NbdConstants;
 import io.nbdtail.nbd.protocol.NbdRequest;
+import io.nbdtail.nbd.transport.NbdServer;
 import io.netty.buffer.ByteBuf;
 import io.netty.buffer.PooledByteBufAllocator;
 import io.netty.channel.ChannelPipeline;
@@ -37,7 +38,7 @@ public class RequestDecoderBenchmark extends BenchmarkBase {
     public void setUp() throws Exception {
         requireFastThreadLocalThread();
         channel = new EmbeddedChannel(false, false, new NbdRequestDecoder(32 << 20, 128 << 20));
-        channel.config().setAllocator(PooledByteBufAllocator.DEFAULT);
+        channel.config().setAllocator(NbdServer.ALLOCATOR);
         channel.register();
         pipeline = channel.pipeline();
         request = PooledByteBufAllocator.DEFAULT.directBuffer(NbdConstants.REQUEST_LENGTH + payload);

@@ -41,7 +41,7 @@ public final class NbdTail implements AutoCloseable {
         this.dataDir = dataDir.toAbsolutePath().normalize();
         this.volumes = VolumeService.open(dataDir);
         this.dirLock = volumes.lockDataDirectory();
-        this.storage = new StorageExecutor(config.nbd.storageThreads);
+        this.storage = NbdServer.storageExecutor(config.nbd.storageThreads);
         this.manager = new VolumeManager(volumes, storage, config.api.defaultAllow());
         this.nbd = new NbdServer(config.nbd, manager, storage);
         this.operations = new OperationManager(this.dataDir, VolumeService.mapper());

@@ -27,7 +27,7 @@ public final class TestServer implements AutoCloseable {
 
     private TestServer(final Path dataDir, final NbdServerConfig config) throws Exception {
         this.volumes = VolumeService.open(dataDir);
-        this.storage = new StorageExecutor(config.storageThreads);
+        this.storage = NbdServer.storageExecutor(config.storageThreads);
         this.server = new NbdServer(config, exports, storage);
         this.address = server.bind("127.0.0.1", 0);
     }

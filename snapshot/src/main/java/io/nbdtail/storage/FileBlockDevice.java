@@ -35,6 +35,13 @@ public final class FileBlockDevice implements BlockDevice {
     private volatile long size;
     private final AtomicBoolean closed = new AtomicBoolean();
     private volatile boolean seekDataWorks = true;
+    /**
+     * {@code true} while the file is known to have no holes: {@code SEEK_HOLE} from 0 found none when it was
+     * opened, and nothing has punched, zeroed or grown it since (writes never make holes). {@link #allocation}
+     * then answers "all data" without the two {@code lseek}s per call, which every READ otherwise pays. Once
+     * {@code false} it stays so: the lookups are always correct, this is only a shortcut.
+     */
+    private volatile boolean holeFree;
 
     private FileBlockDevice(final Path path, final FileChannel channel, final NativeIo nativeIo, final int fd,
                             final boolean blockDevice, final boolean readOnly, final long size) {
@@ -45,6 +52,21 @@ public final class FileBlockDevice implements BlockDevice {
         this.blockDevice = blockDevice;
         this.readOnly = readOnly;
         this.size = size;
+        this.holeFree = !blockDevice && probeHoleFree(nativeIo, fd, size);
+    }
+
+    /** {@code true} if {@code SEEK_HOLE} from 0 finds only the implicit hole at the end of the file. */
+    private static boolean probeHoleFree(final NativeIo nativeIo, final int fd, final long size) {
+        if (size == 0) {
+            return false;
+        }
+        try {
+            final long hole = nativeIo.seekHole(fd, 0);
+            return hole < 0 || hole >= size;
+        } catch (final NativeIoException | RuntimeException e) {
+            // No SEEK_HOLE here: allocation() finds that out for itself and reports everything as data.
+            return false;
+        }
     }
 
     /**
@@ -175,6 +197,8 @@ public final class FileBlockDevice implements BlockDevice {
         if (length == 0) {
             return;
         }
+        // Before the call, so that no allocation() can see the new hole and still take the shortcut.
+        holeFree = false;
         // On a regular file PUNCH_HOLE and ZERO_RANGE are metadata operations. On a block device the kernel
         // issues PUNCH_HOLE without a fallback (it fails unless the device offloads zeroing) and ZERO_RANGE
         // with one (it may write zeros), which is exactly the fast/slow distinction FAST_ZERO asks about.
@@ -222,6 +246,7 @@ public final class FileBlockDevice implements BlockDevice {
         if (length == 0) {
             return;
         }
+        holeFree = false;
         try {
             if (blockDevice) {
                 nativeIo.blockDiscard(fd, offset, length);
@@ -240,7 +265,7 @@ public final class FileBlockDevice implements BlockDevice {
     public long allocation(final long offset, final long length, final ExtentSink sink, final int maxExtents)
         throws StorageException {
         final long end = offset + length;
-        if (blockDevice || !seekDataWorks) {
+        if (blockDevice || !seekDataWorks || holeFree) {
             sink.extent(length, 0);
             return length;
         }
@@ -299,6 +324,7 @@ public final class FileBlockDevice implements BlockDevice {
             throw new StorageException(StorageException.Kind.NOT_SUPPORTED, "cannot shrink " + path + " from " + size
                 + " to " + newSize + " bytes");
         }
+        holeFree = false;
         try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(path.toFile(), "rw")) {
             // ftruncate upwards: the new range is a hole, so growing costs no space and reads as zeros.
             f.setLength(newSize);

@@ -7,12 +7,15 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import java.io.RandomAccessFile;
+import java.lang.reflect.InvocationTargetException;
+import java.lang.reflect.Proxy;
 import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
+import java.util.concurrent.atomic.AtomicInteger;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
@@ -70,6 +73,56 @@ class FileBlockDeviceTest {
         assertThat(back.get(0)).isZero();
         assertThat(back.get(1)).isEqualTo((byte) 0x5a);
         assertThat(back.get(10_001)).isZero();
+    }
+
+    @Test
+    void shouldSkipLookupsOnAFileWithoutHolesUntilOneIsPunched() throws Exception {
+        device.write(filled(SIZE, 3), 0);
+        device.close();
+        final AtomicInteger seeks = new AtomicInteger();
+        final NativeIo real = NativeIo.get();
+        final NativeIo counting = (NativeIo) Proxy.newProxyInstance(NativeIo.class.getClassLoader(),
+            new Class<?>[] {NativeIo.class}, (proxy, method, args) -> {
+                if (method.getName().startsWith("seek")) {
+                    seeks.incrementAndGet();
+                }
+                try {
+                    return method.invoke(real, args);
+                } catch (final InvocationTargetException e) {
+                    throw e.getCause();
+                }
+            });
+        device = FileBlockDevice.open(file, false, counting);
+        final int atOpen = seeks.get();
+
+        assertThat(allocation(4096, 65536)).containsExactly(new Extent(65536, 0));
+        assertThat(seeks.get()).as("lseek calls after open").isEqualTo(atOpen);
+
+        device.discard(1 << 20, 1 << 20);
+        assertThat(allocation(0, SIZE)).containsExactly(
+            new Extent(1 << 20, 0),
+            new Extent(1 << 20, ExtentSink.HOLE | ExtentSink.ZERO),
+            new Extent(SIZE - (2 << 20), 0));
+        assertThat(seeks.get()).isGreaterThan(atOpen);
+    }
+
+    @Test
+    void shouldLookUpAllocationAfterZeroingOrGrowingAFileWithoutHoles() throws Exception {
+        device.write(filled(SIZE, 3), 0);
+        device.close();
+        device = FileBlockDevice.open(file, false, NativeIo.get());
+        device.writeZeroes(0, 65536, true, false);
+        assertThat(allocation(0, 131072)).containsExactly(
+            new Extent(65536, ExtentSink.HOLE | ExtentSink.ZERO), new Extent(65536, 0));
+
+        device.close();
+        device = FileBlockDevice.open(file, false, NativeIo.get());
+        device.write(filled(65536, 4), 0);
+        device.close();
+        device = FileBlockDevice.open(file, false, NativeIo.get());
+        device.grow(SIZE + (1 << 20));
+        assertThat(allocation(SIZE - 4096, 4096 + (1 << 20))).containsExactly(
+            new Extent(4096, 0), new Extent(1 << 20, ExtentSink.HOLE | ExtentSink.ZERO));
     }
 
     @Test

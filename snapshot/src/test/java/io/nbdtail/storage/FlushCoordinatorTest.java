@@ -126,6 +126,11 @@ class FlushCoordinatorTest {
         device.release.release();
         assertThat(first.get(5, TimeUnit.SECONDS)).isNull();
         assertThat(second).isNotDone();
+        // The first waiter is answered before the coordinator's loop starts the second sync: wait for it.
+        final long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(5);
+        while (device.syncs.get() < 2 && System.nanoTime() < deadline) {
+            Thread.sleep(1);
+        }
         assertThat(device.syncs.get()).isEqualTo(2);
 
         device.release.release();

@@ -13,8 +13,14 @@ import java.util.List;
 /**
  * Turns the transmission-phase byte stream into {@link NbdRequest}s.
  *
- * <p>The 28-byte header is read as soon as it is complete. A WRITE then waits for its whole payload, which is
- * handed on as a retained slice of the cumulation buffer, never copied. A WRITE longer than
+ * <p>The 28-byte header is read as soon as it is complete. A WRITE whose whole payload came in with the header
+ * (the usual case for small writes) hands it on as a retained slice of the cumulation buffer, without a copy.
+ * A payload that spans socket reads is gathered into one pooled direct buffer of exactly its length, allocated
+ * once the header has been checked: each byte is copied once, and the cumulation never grows. (The default
+ * merge cumulator would instead grow the cumulation by doubling, copying what it holds each time, and copy it
+ * again while an earlier payload's slice still shares it; see {@code LargeWriteDecodeBenchmark}.) With a
+ * {@link PayloadRecvByteBufAllocator} on the channel, the socket reads the rest of a large payload straight into
+ * that buffer, and nothing is copied at all. A WRITE longer than
  * {@code maxPayload} is answered without buffering its payload: the request is passed on at once, flagged
  * {@link NbdRequest#payloadDropped()}, and the payload bytes are skipped as they arrive, up to
  * {@code maxDiscard}; beyond that the connection is closed, because keeping the stream in step would mean
@@ -27,7 +33,7 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
     private enum State {
         /** Waiting for a complete 28-byte request header. */
         READ_HEADER,
-        /** Waiting for the payload of a WRITE that is within limits. */
+        /** Gathering the payload of a WRITE that is within limits into {@link #payload}. */
         READ_PAYLOAD,
         /** Skipping the payload of a WRITE that was too large to accept. */
         DISCARD_PAYLOAD,
@@ -47,6 +53,8 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
     private long discardRemaining;
     /** Requests decoded so far; with {@link #midRequest()} lets a timer see a request that never completes. */
     private long decoded;
+    /** The payload being gathered in {@link State#READ_PAYLOAD}; owned by the decoder until it is handed on. */
+    private ByteBuf payload;
 
     /**
      * @param maxPayload the largest WRITE payload that is accepted and buffered.
@@ -109,16 +117,32 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
                     state = State.DISCARD_PAYLOAD;
                     return;
                 }
-                state = State.READ_PAYLOAD;
-                // fall through: the payload may already be here
-            case READ_PAYLOAD:
-                if (in.readableBytes() < length) {
+                if (in.readableBytes() >= length) {
+                    out.add(NbdRequest.newInstance(flags, type, cookie, offset, length,
+                        in.readRetainedSlice((int) length), false));
                     return;
                 }
-                final ByteBuf payload = in.readRetainedSlice((int) length);
+                payload = ctx.alloc().directBuffer((int) length, (int) length);
+                state = State.READ_PAYLOAD;
+                // fall through: copy what is already here
+            case READ_PAYLOAD:
+                final int n = Math.min(in.readableBytes(), payload.writableBytes());
+                if (in.hasMemoryAddress() && payload.hasMemoryAddress()
+                    && in.memoryAddress() + in.readerIndex() == payload.memoryAddress() + payload.writerIndex()) {
+                    // The socket read into the payload itself (receiveTarget): the bytes are already in place.
+                    payload.writerIndex(payload.writerIndex() + n);
+                    in.skipBytes(n);
+                } else {
+                    in.readBytes(payload, n);
+                }
+                if (payload.isWritable()) {
+                    return;
+                }
+                final ByteBuf complete = payload;
+                payload = null;
                 state = State.READ_HEADER;
                 decoded++;
-                out.add(NbdRequest.newInstance(flags, type, cookie, offset, length, payload, false));
+                out.add(NbdRequest.newInstance(flags, type, cookie, offset, length, complete, false));
                 return;
             case DISCARD_PAYLOAD:
                 final int skip = (int) Math.min(in.readableBytes(), discardRemaining);
@@ -133,6 +157,39 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
                 return;
             default:
                 throw new IllegalStateException("unknown state " + state);
+        }
+    }
+
+    /**
+     * Where the next socket read should go: a slice of the missing part of the payload being gathered, if at least
+     * {@code minBytes} are missing; {@code null} for a normal receive buffer. The caller owns the slice (one
+     * reference) and hands it back through the pipeline as the bytes read, as with any receive buffer.
+     */
+    ByteBuf receiveTarget(final int minBytes) {
+        final ByteBuf p = payload;
+        if (state != State.READ_PAYLOAD || p == null || p.writableBytes() < minBytes || !p.hasMemoryAddress()) {
+            return null;
+        }
+        return p.retainedSlice(p.writerIndex(), p.writableBytes()).clear();
+    }
+
+    @Override
+    public void handlerAdded(final ChannelHandlerContext ctx) {
+        if (ctx.channel().config().getRecvByteBufAllocator() instanceof PayloadRecvByteBufAllocator a) {
+            a.register(this);
+        }
+    }
+
+    @Override
+    protected void handlerRemoved0(final ChannelHandlerContext ctx) {
+        if (ctx.channel().config().getRecvByteBufAllocator() instanceof PayloadRecvByteBufAllocator a) {
+            a.unregister(this);
+        }
+        // The connection closed (or the decoder was removed) in the middle of a payload.
+        final ByteBuf p = payload;
+        payload = null;
+        if (p != null) {
+            p.release();
         }
     }
 }

@@ -21,8 +21,12 @@ import java.nio.ByteBuffer;
  * I/O and builds its whole reply into one buffer; then on the connection's event loop, where the handler
  * writes that buffer. Being its own {@link Runnable} (and {@link FlushWaiter}) avoids a lambda per hop.
  *
- * <p>Ownership: the WRITE payload belongs to the operation from dispatch until the write returns, and is
- * released on the storage thread. The reply buffer belongs to the operation until the handler writes it.
+ * <p>Ownership: the WRITE payload belongs to the operation until it completes, and is released on the event loop
+ * that allocated it. A READ's reply buffer is allocated on the event loop at dispatch ({@link #prepare}), filled
+ * on the storage thread, and written (then released by Netty) on the event loop. Netty's object pools and the
+ * pooled allocator's thread caches are per thread: a buffer allocated on one thread and released on another
+ * goes back through a cross-thread queue that allocates, so every buffer of the READ and WRITE paths is
+ * allocated and released on the same thread.
  *
  * <p>Operations and their requests are pooled: taken and returned on the connection's event loop (by
  * {@link NbdTransmissionHandler}), so the steady-state READ and WRITE paths allocate nothing on the heap.
@@ -70,6 +74,29 @@ final class NbdOperation implements Runnable, FlushWaiter {
         return op;
     }
 
+    /**
+     * Allocates what the storage thread will fill; call on the event loop just before dispatch. A READ gets a
+     * buffer for its whole reply in the common case, one data chunk (or a simple reply); a reply with hole
+     * chunks may grow it on the storage thread, up to its maximum capacity.
+     */
+    void prepare(final ByteBufAllocator alloc, final boolean structured, final int maxReadChunks) {
+        if (command != NbdCommand.READ) {
+            return;
+        }
+        final int length = (int) request.length();
+        if (!structured) {
+            final int size = NbdConstants.SIMPLE_REPLY_LENGTH + length;
+            reply = alloc.directBuffer(size, size);
+        } else if (length == 0) {
+            reply = alloc.directBuffer(NbdConstants.CHUNK_HEADER_LENGTH, NbdConstants.CHUNK_HEADER_LENGTH);
+        } else {
+            final int chunks = request.hasFlag(NbdConstants.CMD_FLAG_DF) ? 1 : maxReadChunks;
+            // A hole chunk is READ_HEADROOM + 4 bytes, even for a hole shorter than 4 bytes.
+            reply = alloc.directBuffer(NbdReplies.READ_HEADROOM + length,
+                (int) Math.min(Integer.MAX_VALUE, (long) chunks * (NbdReplies.READ_HEADROOM + 4) + length));
+        }
+    }
+
     /** Returns the request and this operation to their pools; call on the event loop, once, at the very end. */
     void recycle() {
         final NbdRequest r = request;
@@ -100,6 +127,15 @@ final class NbdOperation implements Runnable, FlushWaiter {
         final ByteBuf r = reply;
         reply = null;
         return r;
+    }
+
+    /** Releases the reply buffer of a failed operation; call on the event loop. */
+    void releaseReply() {
+        final ByteBuf r = reply;
+        reply = null;
+        if (r != null) {
+            r.release();
+        }
     }
 
     /** Releases whatever the operation still holds and recycles it; for a connection that closed first. */
@@ -139,11 +175,13 @@ final class NbdOperation implements Runnable, FlushWaiter {
         try {
             handler.eventLoop().execute(this);
         } catch (final java.util.concurrent.RejectedExecutionException stopped) {
+            // The loop is gone and nothing will complete this operation: free its buffers here.
             final ByteBuf r = reply;
             reply = null;
             if (r != null) {
                 r.release();
             }
+            request.release();
         }
     }
 
@@ -161,7 +199,7 @@ final class NbdOperation implements Runnable, FlushWaiter {
         boolean waitForSync = false;
         try {
             switch (command) {
-                case READ -> reply = read(volume, offset, (int) length);
+                case READ -> read(volume, reply, offset, (int) length);
                 case WRITE -> {
                     write(volume, offset);
                     waitForSync = fua;
@@ -187,9 +225,9 @@ final class NbdOperation implements Runnable, FlushWaiter {
             fail(new StorageException(StorageException.Kind.IO_ERROR, command + " failed: " + e, e));
             waitForSync = false;
         }
-        // The payload is done with before any hand-off: once the flush below is queued, another thread may
-        // complete and recycle this operation at any moment, so nothing may touch it after that call.
-        request.release();
+        // The payload stays with the request and is released on the event loop when the operation completes.
+        // Once the flush below is queued, another thread may complete and recycle this operation at any moment,
+        // so nothing may touch it after that call.
         if (waitForSync) {
             volume.flush(this);
             return false;
@@ -204,11 +242,7 @@ final class NbdOperation implements Runnable, FlushWaiter {
             case IO_ERROR, VOLUME_FAILED -> NbdError.EIO;
         };
         errorMessage = e.getMessage();
-        final ByteBuf r = reply;
-        reply = null;
-        if (r != null) {
-            r.release();
-        }
+        // The reply buffer, if any, is released on the event loop that allocated it (releaseReply).
     }
 
     private void write(final Volume volume, final long offset) throws StorageException {
@@ -236,26 +270,22 @@ final class NbdOperation implements Runnable, FlushWaiter {
     }
 
     /**
-     * Builds the whole READ reply. Without structured replies: a simple reply header followed by the data. With
-     * them: OFFSET_DATA and OFFSET_HOLE chunks that follow the volume's allocation (up to
-     * {@code maxReadChunks}; the rest goes as data), or a single OFFSET_DATA chunk when DF is set.
+     * Builds the whole READ reply into {@code buf} (from {@link #prepare}). Without structured replies: a simple
+     * reply header followed by the data. With them: OFFSET_DATA and OFFSET_HOLE chunks that follow the volume's
+     * allocation (up to {@code maxReadChunks}; the rest goes as data), or a single OFFSET_DATA chunk when DF is
+     * set.
      */
-    private ByteBuf read(final Volume volume, final long offset, final int length) throws StorageException {
-        final ByteBufAllocator alloc = handler.alloc();
+    private void read(final Volume volume, final ByteBuf buf, final long offset, final int length)
+        throws StorageException {
         final long cookie = request.cookie();
         if (!handler.session().structuredReplies()) {
-            final ByteBuf buf = alloc.directBuffer(NbdConstants.SIMPLE_REPLY_LENGTH + length);
-            try {
-                NbdReplies.writeSimpleHeader(buf, cookie, 0);
-                readInto(volume, buf, offset, length);
-                return buf;
-            } catch (final StorageException | RuntimeException e) {
-                buf.release();
-                throw e;
-            }
+            NbdReplies.writeSimpleHeader(buf, cookie, 0);
+            readInto(volume, buf, offset, length);
+            return;
         }
         if (length == 0) {
-            return NbdReplies.done(alloc, cookie);
+            NbdReplies.writeChunkHeader(buf, NbdConstants.REPLY_FLAG_DONE, NbdConstants.REPLY_TYPE_NONE, cookie, 0);
+            return;
         }
         final Extents extents = extents(request.hasFlag(NbdConstants.CMD_FLAG_DF) ? 1 : handler.config().maxReadChunks);
         if (extents.capacity() > 1) {
@@ -266,31 +296,27 @@ final class NbdOperation implements Runnable, FlushWaiter {
         for (int i = 0; i < extents.count; i++) {
             size += NbdReplies.READ_HEADROOM + (extents.isHole(i) ? 4 : (int) extents.lengths[i]);
         }
-        final ByteBuf buf = alloc.directBuffer(size);
-        try {
-            long position = offset;
-            for (int i = 0; i < extents.count; i++) {
-                final int n = (int) extents.lengths[i];
-                final boolean last = i == extents.count - 1;
-                if (extents.isHole(i)) {
-                    NbdReplies.writeHole(buf, last, cookie, position, n);
-                } else {
-                    NbdReplies.writeChunkHeader(buf, last ? NbdConstants.REPLY_FLAG_DONE : 0,
-                        NbdConstants.REPLY_TYPE_OFFSET_DATA, cookie, 8 + n);
-                    buf.writeLong(position);
-                    readInto(volume, buf, position, n);
-                }
-                position += n;
+        // Only a reply with hole chunks can outgrow the one-chunk buffer prepared on the event loop.
+        buf.ensureWritable(size);
+        long position = offset;
+        for (int i = 0; i < extents.count; i++) {
+            final int n = (int) extents.lengths[i];
+            final boolean last = i == extents.count - 1;
+            if (extents.isHole(i)) {
+                NbdReplies.writeHole(buf, last, cookie, position, n);
+            } else {
+                NbdReplies.writeChunkHeader(buf, last ? NbdConstants.REPLY_FLAG_DONE : 0,
+                    NbdConstants.REPLY_TYPE_OFFSET_DATA, cookie, 8 + n);
+                buf.writeLong(position);
+                readInto(volume, buf, position, n);
             }
-            return buf;
-        } catch (final StorageException | RuntimeException e) {
-            buf.release();
-            throw e;
+            position += n;
         }
     }
 
     private static void readInto(final Volume volume, final ByteBuf buf, final long offset, final int length)
         throws StorageException {
+        buf.ensureWritable(length);
         final int at = buf.writerIndex();
         if (buf.hasMemoryAddress()) {
             volume.read(buf.memoryAddress() + at, length, offset);

@@ -405,6 +405,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         inFlightBytes += op.weight;
         budget.acquire(op.weight);
         stats.onDispatched();
+        op.prepare(ctx.alloc(), session.structuredReplies(), config.maxReadChunks);
         storage.execute(op);
     }
 
@@ -419,6 +420,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         } else {
             final NbdError error = op.error();
             if (error != null) {
+                op.releaseReply();
                 replyError(op.request().cookie(), op.command(), error, op.errorMessage());
             } else {
                 final ByteBuf reply = op.takeReply();

@@ -1,11 +1,13 @@
 package io.nbdtail.nbd.transport;
 
+import io.nbdtail.nbd.codec.PayloadRecvByteBufAllocator;
 import io.nbdtail.nbd.engine.ExportRegistry;
 import io.nbdtail.nbd.engine.NbdHandshakeHandler;
 import io.nbdtail.nbd.engine.NbdServerConfig;
 import io.nbdtail.nbd.engine.NbdServerContext;
 import io.nbdtail.nbd.engine.NbdTransmissionHandler;
 import io.nbdtail.nbd.tls.NbdTls;
+import io.nbdtail.storage.StorageExecutor;
 import io.nbdtail.storage.nativeio.NativeIo;
 import io.netty.bootstrap.ServerBootstrap;
 import io.netty.buffer.PooledByteBufAllocator;
@@ -25,6 +27,8 @@ import io.netty.channel.group.ChannelGroup;
 import io.netty.channel.group.DefaultChannelGroup;
 import io.netty.channel.nio.NioIoHandler;
 import io.netty.channel.socket.nio.NioServerSocketChannel;
+import io.netty.util.concurrent.FastThreadLocalThread;
+import io.netty.util.internal.SystemPropertyUtil;
 import io.netty.util.concurrent.GlobalEventExecutor;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -36,6 +40,7 @@ import java.util.List;
 import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.Executor;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
 
 /**
  * The NBD listener: accepts connections on TCP addresses or on sockets inherited from systemd, and gives each
@@ -47,6 +52,23 @@ import java.util.concurrent.TimeUnit;
  */
 public final class NbdServer implements AutoCloseable {
     private static final Logger LOG = LoggerFactory.getLogger(NbdServer.class);
+    /** 2^11 pages of 8 KiB: 16 MiB chunks, unless {@code -Dio.netty.allocator.maxOrder} says otherwise. */
+    private static final int MAX_ORDER = 11;
+    /**
+     * Netty's pooled allocator with 16 MiB chunks instead of 4 MiB. WRITE payloads and READ replies are up to
+     * {@code maxPayload} each; at 1 MiB one takes a quarter of a 4 MiB chunk, so chunks fill and empty with every
+     * few requests, and the arena frees an empty chunk and maps a new one soon after (kilobytes of bookkeeping
+     * objects and a fresh mapping to fault in each time: {@code LargeWriteDecodeBenchmark} with
+     * {@code holdPrevious=true}, 130 -> 73 us and 2.7 KB -> 0 B per 1 MiB WRITE). The larger chunk keeps the
+     * requests in flight in one chunk that stays.
+     */
+    public static final PooledByteBufAllocator ALLOCATOR = new PooledByteBufAllocator(true,
+        PooledByteBufAllocator.defaultNumHeapArena(), PooledByteBufAllocator.defaultNumDirectArena(),
+        PooledByteBufAllocator.defaultPageSize(),
+        SystemPropertyUtil.get("io.netty.allocator.maxOrder") != null ? PooledByteBufAllocator.defaultMaxOrder()
+            : MAX_ORDER,
+        PooledByteBufAllocator.defaultSmallCacheSize(), PooledByteBufAllocator.defaultNormalCacheSize(),
+        PooledByteBufAllocator.defaultUseCacheForAllThreads());
 
     private final NbdServerContext context;
     private final EventLoopGroup bossGroup;
@@ -72,6 +94,21 @@ public final class NbdServer implements AutoCloseable {
         if (!epoll) {
             LOG.warn("epoll transport unavailable ({}); using NIO", Epoll.unavailabilityCause().toString());
         }
+    }
+
+    /**
+     * The storage threads for this server: {@code nbdtail-io-N}, daemon, and Netty
+     * {@code FastThreadLocalThread}s. They allocate READ replies and release WRITE payloads; on a plain thread
+     * Netty's {@code Recycler} and the pooled allocator's thread cache miss every time, which cost about 130
+     * heap bytes and an arena lock per request.
+     */
+    public static StorageExecutor storageExecutor(final int threads) {
+        final AtomicInteger counter = new AtomicInteger();
+        return new StorageExecutor(threads, r -> {
+            final Thread t = new FastThreadLocalThread(r, "nbdtail-io-" + counter.incrementAndGet());
+            t.setDaemon(true);
+            return t;
+        });
     }
 
     public NbdServerContext context() {
@@ -148,9 +185,7 @@ public final class NbdServer implements AutoCloseable {
         final ServerBootstrap b = new ServerBootstrap()
             .group(bossGroup, workerGroup)
             .option(ChannelOption.SO_BACKLOG, 1024)
-            .childOption(ChannelOption.ALLOCATOR, PooledByteBufAllocator.DEFAULT)
-            // Reads grow up to 256 KiB so that a 1 MiB WRITE needs few syscalls.
-            .childOption(ChannelOption.RECVBUF_ALLOCATOR, new AdaptiveRecvByteBufAllocator(512, 16 << 10, 256 << 10))
+            .childOption(ChannelOption.ALLOCATOR, ALLOCATOR)
             // Above 8 MiB of unsent replies the connection stops reading requests (see NbdTransmissionHandler).
             .childOption(ChannelOption.WRITE_BUFFER_WATER_MARK, new WriteBufferWaterMark(2 << 20, 8 << 20))
             .childHandler(new ChannelInitializer<>() {
@@ -160,6 +195,10 @@ public final class NbdServer implements AutoCloseable {
                     if (onlyExport != null) {
                         ch.attr(NbdHandshakeHandler.ONLY_EXPORT).set(onlyExport);
                     }
+                    // Reads grow up to 256 KiB; the rest of a large WRITE payload is read straight into its
+                    // buffer (one allocator per channel: it knows that channel's decoder).
+                    ch.config().setRecvByteBufAllocator(new PayloadRecvByteBufAllocator(
+                        new AdaptiveRecvByteBufAllocator(512, 16 << 10, 256 << 10)));
                     ch.pipeline()
                         .addLast("limiter", limiter)
                         .addLast("nbd-handshake", new NbdHandshakeHandler(context));

@@ -2,6 +2,7 @@ package io.nbdtail.it;
 
 import io.nbdtail.testing.ExternalTool;
 import io.nbdtail.testing.TestServer;
+import io.nbdtail.volume.Volume;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -50,6 +51,46 @@ class DiskFullIT {
             Files.delete(filler);
             ExternalTool.run("qemu-io", "-f", "raw", "-c", "write -P 0x55 8M 8M", "-c", "read -P 0x55 8M 8M",
                 "-c", "flush", uri).assertSuccess();
+        } finally {
+            ExternalTool.run("umount", mount.toString());
+        }
+    }
+
+    /**
+     * reliability.md S5: a copy-on-write on a full file system answers ENOSPC, marks nothing (the cluster still
+     * reads the snapshot's data), and succeeds once space is freed; the snapshot is never touched.
+     */
+    @Test
+    void shouldAnswerEnospcToACopyOnWriteAndKeepTheSnapshot() throws Exception {
+        final Path mount = dir.resolve("cow");
+        Files.createDirectories(mount);
+        final ExternalTool.Result mounted = ExternalTool.run("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs",
+            mount.toString());
+        assumeTrue(mounted.exitCode() == 0, "cannot mount a tmpfs: " + mounted.stderr());
+        try (TestServer server = TestServer.start(mount.resolve("data"))) {
+            final Volume volume = server.createVolume("cow", 64L << 20);
+            final String uri = server.uri("cow");
+            ExternalTool.run("qemu-io", "-f", "raw", "-c", "write -P 0x44 0 4M", "-c", "flush", uri).assertSuccess();
+            volume.layers().createSnapshot("before", java.time.Instant.now());
+            final Path filler = mount.resolve("filler");
+            ExternalTool.run("dd", "if=/dev/zero", "of=" + filler, "bs=1M", "count=64").exitCode();
+
+            final ExternalTool.Result full = ExternalTool.run("qemu-io", "-f", "raw", "-c", "write -P 0x55 4k 4k",
+                uri);
+            assertThat(full.output()).contains("No space left on device");
+            ExternalTool.run("qemu-io", "-f", "raw", "-c", "read -P 0x44 0 4M", uri).assertSuccess();
+            assertThat(volume.failure()).as("ENOSPC does not fail the volume").isNull();
+
+            Files.delete(filler);
+            ExternalTool.run("qemu-io", "-f", "raw", "-c", "write -P 0x55 4k 4k", "-c", "read -P 0x44 0 4k",
+                "-c", "read -P 0x55 4k 4k", "-c", "read -P 0x44 8k 4088k", "-c", "flush", uri).assertSuccess();
+            try (var view = volume.layers().snapshotView("before")) {
+                final java.nio.ByteBuffer b = java.nio.ByteBuffer.allocateDirect(4 << 20);
+                view.read(b, 0);
+                for (int i = 0; i < b.capacity(); i++) {
+                    assertThat(b.get(i)).as("snapshot byte %d", i).isEqualTo((byte) 0x44);
+                }
+            }
         } finally {
             ExternalTool.run("umount", mount.toString());
         }

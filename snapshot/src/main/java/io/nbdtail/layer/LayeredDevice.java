@@ -689,11 +689,7 @@ public final class LayeredDevice implements LayeredBlockDevice {
             } finally {
                 gate.unlockWrite(stamp);
                 if (!committed) {
-                    if (broken == null) {
-                        discardLayer(fresh);
-                    } else {
-                        fresh.release(); // the manifest on disc may name it: keep its files
-                    }
+                    abandon(fresh);
                 }
             }
             LOG.info("{}: snapshot {} taken; active layer is now {}", dir.getFileName(), name, id);
@@ -737,11 +733,7 @@ public final class LayeredDevice implements LayeredBlockDevice {
             } finally {
                 gate.unlockWrite(stamp);
                 if (!committed) {
-                    if (broken == null) {
-                        discardLayer(fresh);
-                    } else {
-                        fresh.release(); // the manifest on disc may name it: keep its files
-                    }
+                    abandon(fresh);
                 }
             }
             retire(oldActive.id());
@@ -1078,6 +1070,18 @@ public final class LayeredDevice implements LayeredBlockDevice {
         try (java.io.RandomAccessFile file = new java.io.RandomAccessFile(data.toFile(), "rw")) {
             file.setLength(size); // ftruncate: a hole of the full size
             file.getFD().sync();
+        }
+    }
+
+    /**
+     * Drops a layer made for a chain change that did not commit. After a failed manifest write the disc may hold
+     * either manifest, and the new one names this layer: then its files stay (check reports them if unused).
+     */
+    private void abandon(final Layer fresh) {
+        if (broken == null) {
+            discardLayer(fresh);
+        } else {
+            fresh.release();
         }
     }
 

@@ -331,6 +331,13 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
                     + name + "/mirror, or abort it first");
             }
             final Volume volume = export.volume();
+            if (volume.layers() != null && !volume.layers().snapshots().isEmpty()) {
+                // The mirror copies the live disc only; moving the snapshot layers is not built yet, and a move
+                // must never lose a snapshot.
+                throw new VolumeException(VolumeException.Code.CONFLICT, "volume '" + name + "' has "
+                    + volume.layers().snapshots().size() + " snapshot(s), and a mirror does not move snapshots yet;"
+                    + " delete them (or keep the volume on this tail) before moving it");
+            }
             final Ownership owner = volumes.ownership(name);
             final MirrorSession session = new MirrorSession(name, volume.metadata().id(), UUID.randomUUID()
                 .toString(), volume.size(), owner.epoch());

@@ -359,6 +359,7 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
     public LayeredDevice.SnapshotInfo createSnapshot(final String name, final String snapshot) throws VolumeException {
         checkSnapshotName(snapshot);
         final Export export = export(name);
+        refuseWhileMirrored(export, "take a snapshot of");
         final LayeredDevice layers = layers(export);
         try {
             layers.createSnapshot(snapshot, Instant.now().truncatedTo(ChronoUnit.MILLIS));
@@ -399,6 +400,7 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
     public void rollback(final String name, final String snapshot) throws VolumeException {
         synchronized (lock(name)) {
             final Export export = export(name);
+            refuseWhileMirrored(export, "roll back");
             final int clients = export.connections().size();
             if (clients > 0) {
                 throw new VolumeException(VolumeException.Code.CONFLICT, "volume '" + name + "' has " + clients
@@ -431,6 +433,18 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
         } catch (final VolumeException e) {
             throw new VolumeException(VolumeException.Code.INVALID_NAME, e.getMessage().replace("volume", "snapshot"),
                 e);
+        }
+    }
+
+    /**
+     * Moving snapshots with a mirror is not built yet, and a rollback changes the disc without the writes the
+     * mirror tracks: both would leave the destination different from the source.
+     */
+    private static void refuseWhileMirrored(final Export export, final String what) throws VolumeException {
+        if (export.volume().writeObserver() != null) {
+            throw new VolumeException(VolumeException.Code.CONFLICT, "cannot " + what + " volume '" + export.name()
+                + "' while it is being mirrored: the destination would not get it; wait for the mirror to end, or"
+                + " abort it (DELETE /v1/volumes/" + export.name() + "/mirror)");
         }
     }
 

@@ -21,6 +21,7 @@ import io.nbdtail.replication.MirrorJob;
 import io.nbdtail.replication.MirrorRefusedException;
 import io.nbdtail.server.MirrorService;
 import io.nbdtail.server.NbdTail;
+import io.nbdtail.server.StallWatchdog;
 import io.nbdtail.server.Ownership;
 import io.nbdtail.volume.Volume;
 import io.nbdtail.volume.VolumeException;
@@ -434,8 +435,15 @@ public final class ApiServer implements AutoCloseable {
             }
         }
         tail.volumes().unavailable().keySet().forEach(failed::add);
+        final StallWatchdog watchdog = tail.watchdog();
+        final ObjectNode stalls = node.putObject("stalls");
+        stalls.put("count", watchdog.stalls());
+        stalls.put("longestMillis", watchdog.longestMillis());
+        stalls.put("lastMillis", watchdog.lastStallMillis());
+        stalls.put("lastAt", watchdog.lastStallAt() == null ? null : watchdog.lastStallAt().toString());
+        stalls.put("heapHigh", watchdog.heapHigh());
         node.put("health", closing || tail.nbd().context().shuttingDown() ? "shutting-down"
-            : failed.isEmpty() ? "ok" : "degraded");
+            : failed.isEmpty() && !watchdog.troubled() ? "ok" : "degraded");
         return Reply.json(200, node);
     }
 

@@ -41,6 +41,11 @@ final class Metrics {
         final StringBuilder out = new StringBuilder(8192);
         final List<Export> exports = tail.volumes().all();
 
+        header(out, "nbdtail_stalls_total", "counter", "Times the whole server stood still for 1 s or more (GC pause,"
+            + " stopped or starved process).");
+        out.append("nbdtail_stalls_total ").append(tail.watchdog().stalls()).append('\n');
+        header(out, "nbdtail_stall_longest_seconds", "gauge", "The longest stall since the start.");
+        out.append("nbdtail_stall_longest_seconds ").append(tail.watchdog().longestMillis() / 1000.0).append('\n');
         header(out, "nbdtail_requests_total", "counter", "NBD requests received, by volume and command.");
         for (final Export e : exports) {
             for (final NbdCommand c : COMMANDS) {

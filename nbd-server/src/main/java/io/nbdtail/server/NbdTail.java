@@ -34,6 +34,7 @@ public final class NbdTail implements AutoCloseable {
     private final MirrorService mirrors;
     private final ServiceAddresses addresses;
     private final Instant started = Instant.now();
+    private final StallWatchdog watchdog = new StallWatchdog(1_000);
     private ApiServer api;
 
     private NbdTail(final Path dataDir, final ServerConfig config) throws Exception {
@@ -114,6 +115,10 @@ public final class NbdTail implements AutoCloseable {
         return addresses;
     }
 
+    public StallWatchdog watchdog() {
+        return watchdog;
+    }
+
     public Instant started() {
         return started;
     }
@@ -145,5 +150,6 @@ public final class NbdTail implements AutoCloseable {
         } catch (final Exception e) {
             LOG.warn("releasing the data directory lock failed: {}", e.toString());
         }
+        watchdog.close();
     }
 }

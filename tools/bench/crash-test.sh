@@ -8,6 +8,6 @@ rounds="${1:-200}"
 seed="${2:-$(date +%s)}"
 echo "crash-test: $rounds rounds, seed $seed (rerun a failure with: $0 $rounds $seed)"
 JAVA_HOME="$("$root/bin/find-java" --home)" MAVEN_OPTS="${MAVEN_OPTS:---sun-misc-unsafe-memory-access=allow}" \
-  exec mvn -B -f "$root/pom.xml" verify -pl tools -am -Dtest=NONE -Dsurefire.failIfNoSpecifiedTests=false \
+  exec mvn -B -f "$root/pom.xml" verify -pl tools -am -Dtest=NONE -Dsurefire.failIfNoSpecifiedTests=false -Dfailsafe.failIfNoSpecifiedTests=false \
   -Dit.test='CrashIT#killedAtRandomPointsLosesNothingFlushed' -Dnbdtail.crash.rounds="$rounds" \
   -Dnbdtail.crash.seed="$seed"

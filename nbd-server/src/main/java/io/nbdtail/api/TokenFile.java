@@ -21,14 +21,30 @@ public final class TokenFile {
             final byte[] random = new byte[32];
             new SecureRandom().nextBytes(random);
             final String token = HexFormat.of().formatHex(random);
-            Files.createDirectories(file.toAbsolutePath().getParent());
+            final Path dir = file.toAbsolutePath().getParent();
+            Files.createDirectories(dir);
+            // Written whole and synced under another name, then linked into place: a crash (kill -9 right after
+            // start-up) leaves either no token file or a complete one, never an empty one that the next start
+            // would refuse. Created with 0600 from the start: never readable by others, not even for a moment.
+            final Path temp = dir.resolve(file.getFileName() + ".new");
+            Files.deleteIfExists(temp);
+            try (java.nio.channels.FileChannel ch = java.nio.channels.FileChannel.open(temp, Set.of(
+                java.nio.file.StandardOpenOption.CREATE_NEW, java.nio.file.StandardOpenOption.WRITE),
+                PosixFilePermissions.asFileAttribute(Set.of(PosixFilePermission.OWNER_READ,
+                    PosixFilePermission.OWNER_WRITE)))) {
+                ch.write(java.nio.ByteBuffer.wrap((token + "\n").getBytes(StandardCharsets.UTF_8)));
+                ch.force(true);
+            }
             try {
-                // Created with 0600 from the start: never readable by others, not even for a moment.
-                Files.createFile(file, PosixFilePermissions.asFileAttribute(Set.of(PosixFilePermission.OWNER_READ,
-                    PosixFilePermission.OWNER_WRITE)));
-                Files.writeString(file, token + "\n", StandardCharsets.UTF_8);
+                Files.createLink(file, temp);
             } catch (final FileAlreadyExistsException raced) {
                 // Another process created it first; read theirs.
+            } finally {
+                Files.deleteIfExists(temp);
+            }
+            try (java.nio.channels.FileChannel d = java.nio.channels.FileChannel.open(dir,
+                java.nio.file.StandardOpenOption.READ)) {
+                d.force(true);
             }
         }
         final String token = Files.readString(file, StandardCharsets.UTF_8).trim();

@@ -25,6 +25,7 @@ import io.nbdtail.server.StallWatchdog;
 import io.nbdtail.server.Ownership;
 import io.nbdtail.volume.Volume;
 import io.nbdtail.volume.VolumeException;
+import io.nbdtail.volume.VolumeInfo;
 import io.nbdtail.volume.VolumeMetadata;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -463,7 +464,9 @@ public final class ApiServer implements AutoCloseable {
         node.put("id", m.id().toString());
         node.put("kind", m.kind() == VolumeMetadata.Kind.FILE ? "file" : "device");
         node.put("size", volume.size());
-        node.put("allocatedBytes", tail.volumes().volumes().info(m.name()).allocatedBytes());
+        // One look at the files: info() walks the data file's (and every layer's) allocation.
+        final VolumeInfo info = tail.volumes().volumes().info(m.name());
+        node.put("allocatedBytes", info.allocatedBytes());
         final Ownership owner = tail.volumes().ownership(m.name());
         node.put("state", tail.volumes().isHeld(m.name()) ? owner.state() : volume.failure() != null ? "failed"
             : m.readOnly() ? "read-only" : "serving");
@@ -478,7 +481,7 @@ public final class ApiServer implements AutoCloseable {
         node.put("readOnly", m.readOnly());
         node.put("description", m.description());
         node.put("created", m.created().toString());
-        node.put("path", tail.volumes().volumes().info(m.name()).dataPath().toString());
+        node.put("path", info.dataPath().toString());
         if (volume.failure() != null) {
             node.put("failure", volume.failure().getMessage());
         }

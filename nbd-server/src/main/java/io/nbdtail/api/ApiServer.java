@@ -15,6 +15,7 @@ import com.sun.net.httpserver.HttpServer;
 import com.sun.net.httpserver.HttpsConfigurator;
 import com.sun.net.httpserver.HttpsServer;
 import io.nbdtail.layer.LayeredDevice;
+import io.nbdtail.nbd.codec.BufferBudget;
 import io.nbdtail.nbd.engine.Export;
 import io.nbdtail.nbd.engine.NbdTransmissionHandler;
 import io.nbdtail.replication.MirrorJob;
@@ -62,6 +63,8 @@ public final class ApiServer implements AutoCloseable {
     private static final Logger LOG = LoggerFactory.getLogger(ApiServer.class);
     /** Largest request body accepted; every valid body is far smaller. */
     private static final int MAX_BODY = 64 << 10;
+    /** How long after requests last waited for buffer memory the status still says {@code degraded}. */
+    private static final long RECENT_TROUBLE_MILLIS = 60_000;
 
     @FunctionalInterface
     private interface Handler {
@@ -443,8 +446,15 @@ public final class ApiServer implements AutoCloseable {
         stalls.put("lastMillis", watchdog.lastStallMillis());
         stalls.put("lastAt", watchdog.lastStallAt() == null ? null : watchdog.lastStallAt().toString());
         stalls.put("heapHigh", watchdog.heapHigh());
+        final BufferBudget budget = tail.nbd().context().buffers();
+        final ObjectNode buffers = node.putObject("buffers");
+        buffers.put("usedBytes", budget.used());
+        buffers.put("limitBytes", budget.limit());
+        buffers.put("waits", budget.waits());
+        final boolean memoryShort = System.currentTimeMillis() - budget.lastWaitMillis() < RECENT_TROUBLE_MILLIS;
+        buffers.put("short", memoryShort);
         node.put("health", closing || tail.nbd().context().shuttingDown() ? "shutting-down"
-            : failed.isEmpty() && !watchdog.troubled() ? "ok" : "degraded");
+            : failed.isEmpty() && !watchdog.troubled() && !memoryShort ? "ok" : "degraded");
         return Reply.json(200, node);
     }
 

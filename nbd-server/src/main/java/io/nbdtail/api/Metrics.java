@@ -1,5 +1,6 @@
 package io.nbdtail.api;
 
+import io.nbdtail.nbd.codec.BufferBudget;
 import io.nbdtail.nbd.engine.Export;
 import io.nbdtail.nbd.engine.ExportStats;
 import io.nbdtail.nbd.protocol.NbdCommand;
@@ -46,6 +47,15 @@ final class Metrics {
         out.append("nbdtail_stalls_total ").append(tail.watchdog().stalls()).append('\n');
         header(out, "nbdtail_stall_longest_seconds", "gauge", "The longest stall since the start.");
         out.append("nbdtail_stall_longest_seconds ").append(tail.watchdog().longestMillis() / 1000.0).append('\n');
+        final BufferBudget buffers = tail.nbd().context().buffers();
+        header(out, "nbdtail_buffer_bytes", "gauge", "Bytes of request buffers (WRITE payloads, READ replies) held"
+            + " across the server.");
+        out.append("nbdtail_buffer_bytes ").append(buffers.used()).append('\n');
+        header(out, "nbdtail_buffer_limit_bytes", "gauge", "The limit on those bytes (nbd.maxBufferedBytes).");
+        out.append("nbdtail_buffer_limit_bytes ").append(buffers.limit()).append('\n');
+        header(out, "nbdtail_buffer_waits_total", "counter", "Requests that waited for buffer memory, their"
+            + " connection not reading meanwhile.");
+        out.append("nbdtail_buffer_waits_total ").append(buffers.waits()).append('\n');
         header(out, "nbdtail_requests_total", "counter", "NBD requests received, by volume and command.");
         for (final Export e : exports) {
             for (final NbdCommand c : COMMANDS) {

@@ -5,10 +5,15 @@ import io.nbdtail.nbd.protocol.NbdConstants;
 import io.nbdtail.nbd.protocol.NbdProtocolException;
 import io.nbdtail.nbd.protocol.NbdRequest;
 import io.netty.buffer.ByteBuf;
+import io.netty.buffer.Unpooled;
 import io.netty.channel.ChannelHandlerContext;
 import io.netty.handler.codec.ByteToMessageDecoder;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 import java.util.List;
+import java.util.concurrent.RejectedExecutionException;
+import java.util.concurrent.TimeUnit;
 
 /**
  * Turns the transmission-phase byte stream into {@link NbdRequest}s.
@@ -26,6 +31,11 @@ import java.util.List;
  * {@code maxDiscard}; beyond that the connection is closed, because keeping the stream in step would mean
  * reading gigabytes for nothing.
  *
+ * <p>Every WRITE payload is counted in the server's {@link BufferBudget} until it is released. A payload that
+ * must be gathered and does not fit waits before its buffer is allocated: the decoder stops the channel
+ * reading ({@link #awaitingBuffer()}) and resumes when the budget has room, then fires
+ * {@link #BUFFER_AVAILABLE} so that the handler behind it can decide about reading again.
+ *
  * <p>A bad request magic means the stream is out of step, so the connection is closed; anything after it is
  * discarded unread.
  */
@@ -33,6 +43,8 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
     private enum State {
         /** Waiting for a complete 28-byte request header. */
         READ_HEADER,
+        /** A WRITE's header is read; its payload's buffer waits for room in the budget. */
+        AWAIT_BUFFER,
         /** Gathering the payload of a WRITE that is within limits into {@link #payload}. */
         READ_PAYLOAD,
         /** Skipping the payload of a WRITE that was too large to accept. */
@@ -41,8 +53,24 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
         BAD_MESSAGE
     }
 
+    /** Fired down the pipeline when a payload that waited for the budget got its buffer. */
+    public static final Object BUFFER_AVAILABLE = new Object() {
+        @Override
+        public String toString() {
+            return "BUFFER_AVAILABLE";
+        }
+    };
+    private static final Logger LOG = LoggerFactory.getLogger(NbdRequestDecoder.class);
+    /** Retry delay after the JVM itself refused a buffer that the budget allowed. */
+    private static final long OUT_OF_MEMORY_RETRY_MILLIS = 10;
+
     private final int maxPayload;
     private final long maxDiscard;
+    private final BufferBudget budget;
+    private final Runnable wake = this::wake;
+    private ChannelHandlerContext ctx;
+    /** Whether this connection has logged a direct memory shortage (once is enough). */
+    private boolean warned;
 
     private State state = State.READ_HEADER;
     private int flags;
@@ -53,6 +81,8 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
     private long discardRemaining;
     /** Requests decoded so far; with {@link #midRequest()} lets a timer see a request that never completes. */
     private long decoded;
+    /** {@link #decoded} at the last {@link #channelReadComplete}. */
+    private long decodedAtReadComplete;
     /** The payload being gathered in {@link State#READ_PAYLOAD}; owned by the decoder until it is handed on. */
     private ByteBuf payload;
 
@@ -62,12 +92,18 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
      *                   ending the connection.
      */
     public NbdRequestDecoder(final int maxPayload, final long maxDiscard) {
+        this(maxPayload, maxDiscard, BufferBudget.unlimited());
+    }
+
+    /** @param budget where every WRITE payload is counted; shared by all connections of a server. */
+    public NbdRequestDecoder(final int maxPayload, final long maxDiscard, final BufferBudget budget) {
         if (maxPayload <= 0 || maxDiscard < maxPayload) {
             throw new IllegalArgumentException("need 0 < maxPayload <= maxDiscard: maxPayload=" + maxPayload
                 + ", maxDiscard=" + maxDiscard);
         }
         this.maxPayload = maxPayload;
         this.maxDiscard = maxDiscard;
+        this.budget = budget;
     }
 
     /** Requests decoded so far on this connection. */
@@ -77,8 +113,13 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
 
     /** Whether part of a request (header or WRITE payload) has arrived and the rest has not. */
     public boolean midRequest() {
-        return state == State.READ_PAYLOAD || state == State.DISCARD_PAYLOAD
+        return state == State.READ_PAYLOAD || state == State.DISCARD_PAYLOAD || state == State.AWAIT_BUFFER
             || (state == State.READ_HEADER && actualReadableBytes() > 0);
+    }
+
+    /** Whether a payload waits for room in the budget; the channel must not read meanwhile. */
+    public boolean awaitingBuffer() {
+        return state == State.AWAIT_BUFFER;
     }
 
     @Override
@@ -118,12 +159,19 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
                     return;
                 }
                 if (in.readableBytes() >= length) {
+                    // Already in memory: counted, never waited for.
+                    budget.reserve(length);
+                    decoded++;
                     out.add(NbdRequest.newInstance(flags, type, cookie, offset, length,
-                        in.readRetainedSlice((int) length), false));
+                        in.readRetainedSlice((int) length), false).reservedIn(budget));
                     return;
                 }
-                payload = ctx.alloc().directBuffer((int) length, (int) length);
-                state = State.READ_PAYLOAD;
+                state = State.AWAIT_BUFFER;
+                // fall through
+            case AWAIT_BUFFER:
+                if (!allocatePayload(ctx)) {
+                    return;
+                }
                 // fall through: copy what is already here
             case READ_PAYLOAD:
                 final int n = Math.min(in.readableBytes(), payload.writableBytes());
@@ -142,7 +190,8 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
                 payload = null;
                 state = State.READ_HEADER;
                 decoded++;
-                out.add(NbdRequest.newInstance(flags, type, cookie, offset, length, complete, false));
+                out.add(NbdRequest.newInstance(flags, type, cookie, offset, length, complete, false)
+                    .reservedIn(budget));
                 return;
             case DISCARD_PAYLOAD:
                 final int skip = (int) Math.min(in.readableBytes(), discardRemaining);
@@ -161,6 +210,87 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
     }
 
     /**
+     * Reserves the payload's bytes and allocates its buffer, moving to {@link State#READ_PAYLOAD}; or stops the
+     * channel reading and returns {@code false}, to be resumed by {@link #wake}.
+     */
+    private boolean allocatePayload(final ChannelHandlerContext ctx) {
+        if (!budget.reserveOrWait(length, wake)) {
+            ctx.channel().config().setAutoRead(false);
+            return false;
+        }
+        // The budget allowed it, but other users of direct memory (or a budget set above the JVM's limit) may
+        // have left too little. Look first: the JVM's own answer to a full limit is a System.gc() and half a
+        // second of sleeping on this event loop before the OutOfMemoryError.
+        String shortage = DirectMemory.hasRoomFor(length) ? null : DirectMemory.describe();
+        if (shortage == null) {
+            try {
+                payload = ctx.alloc().directBuffer((int) length, (int) length);
+            } catch (final OutOfMemoryError e) {
+                shortage = e.getMessage();
+            }
+        }
+        if (shortage != null) {
+            // Nothing was allocated: wait a little and try again.
+            budget.release(length);
+            ctx.channel().config().setAutoRead(false);
+            if (!warned) {
+                warned = true;
+                LOG.warn("no direct memory for a {}-byte WRITE payload ({}); the connection waits, retrying every {}"
+                    + " ms. Lower nbd.maxBufferedBytes or raise -XX:MaxDirectMemorySize", length, shortage,
+                    OUT_OF_MEMORY_RETRY_MILLIS);
+            }
+            ctx.executor().schedule(this::resume, OUT_OF_MEMORY_RETRY_MILLIS, TimeUnit.MILLISECONDS);
+            return false;
+        }
+        state = State.READ_PAYLOAD;
+        return true;
+    }
+
+    /** Run by the budget, on whichever thread released bytes. */
+    private void wake() {
+        final ChannelHandlerContext c = ctx;
+        if (c != null) {
+            try {
+                c.executor().execute(this::resume);
+            } catch (final RejectedExecutionException e) {
+                // The event loop is shutting down; the connection is going with it.
+            }
+        }
+    }
+
+    /** On the event loop: a waiting payload tries again, and what arrived before reading stopped is decoded. */
+    private void resume() {
+        final ChannelHandlerContext c = ctx;
+        if (state != State.AWAIT_BUFFER || c == null || c.isRemoved() || !allocatePayload(c)) {
+            return;
+        }
+        try {
+            channelRead(c, Unpooled.EMPTY_BUFFER);
+        } catch (final Exception e) {
+            c.fireExceptionCaught(e);
+        }
+        // Reading was stopped here; the handler behind may stop it again for its own reasons.
+        c.channel().config().setAutoRead(true);
+        c.fireUserEventTriggered(BUFFER_AVAILABLE);
+    }
+
+    /**
+     * As {@link ByteToMessageDecoder}'s, which asks for one more read when a read decoded nothing and the channel
+     * does not read by itself, so that a request split across reads completes. While a payload waits for the
+     * budget that would pile its bytes up in the cumulation, which is what waiting is for, so it does not ask then.
+     */
+    @Override
+    public void channelReadComplete(final ChannelHandlerContext ctx) {
+        discardSomeReadBytes();
+        final boolean decodedSome = decoded != decodedAtReadComplete;
+        decodedAtReadComplete = decoded;
+        if (!decodedSome && state != State.AWAIT_BUFFER && !ctx.channel().config().isAutoRead()) {
+            ctx.read();
+        }
+        ctx.fireChannelReadComplete();
+    }
+
+    /**
      * Where the next socket read should go: a slice of the missing part of the payload being gathered, if at least
      * {@code minBytes} are missing; {@code null} for a normal receive buffer. The caller owns the slice (one
      * reference) and hands it back through the pipeline as the bytes read, as with any receive buffer.
@@ -175,6 +305,7 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
 
     @Override
     public void handlerAdded(final ChannelHandlerContext ctx) {
+        this.ctx = ctx;
         if (ctx.channel().config().getRecvByteBufAllocator() instanceof PayloadRecvByteBufAllocator a) {
             a.register(this);
         }
@@ -186,10 +317,13 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
             a.unregister(this);
         }
         // The connection closed (or the decoder was removed) in the middle of a payload.
+        budget.forget(wake);
         final ByteBuf p = payload;
         payload = null;
         if (p != null) {
             p.release();
+            budget.release(length);
         }
+        this.ctx = null;
     }
 }

@@ -496,7 +496,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
             String.valueOf(ctx.channel().remoteAddress()), export == mirrorExport);
         final ChannelPipeline pipeline = ctx.pipeline();
         pipeline.addAfter(ctx.name(), "nbd-request-decoder",
-            new NbdRequestDecoder(config.maxPayload, config.maxDiscardedPayload));
+            new NbdRequestDecoder(config.maxPayload, config.maxDiscardedPayload, context.buffers()));
         pipeline.addAfter("nbd-request-decoder", "nbd-transmission", new NbdTransmissionHandler(context, session));
         pipeline.remove(this);
     }

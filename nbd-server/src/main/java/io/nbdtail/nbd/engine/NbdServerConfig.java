@@ -2,6 +2,7 @@ package io.nbdtail.nbd.engine;
 
 import com.fasterxml.jackson.annotation.JsonIgnoreProperties;
 import io.nbdtail.nbd.tls.TlsConfig;
+import io.netty.util.internal.PlatformDependent;
 
 /**
  * Limits and sizing of the NBD server. Every field has a safe default; {@link #conclude()} checks the
@@ -36,6 +37,14 @@ public final class NbdServerConfig {
     /** Bytes being served on all connections to one volume, likewise. */
     public long maxInFlightBytesPerVolume = 512L << 20;
     /**
+     * Bytes of request buffers (WRITE payloads, READ replies) held at once across the whole server; a request
+     * that does not fit waits, its connection not reading, until others finish. 0 (the default) means half of
+     * the JVM's direct memory limit ({@code -XX:MaxDirectMemorySize}, by default the heap's maximum), leaving
+     * the rest for socket buffers, TLS and the buffer pools. Keeps many clients' large requests from running
+     * the JVM out of direct memory.
+     */
+    public long maxBufferedBytes = 0;
+    /**
      * Time a request may take to arrive once its first byte has: a client trickling a header or a WRITE payload
      * (slow-loris) is closed after this. 0 turns it off. Only counted while the server is reading.
      */
@@ -63,6 +72,11 @@ public final class NbdServerConfig {
     /** NBD_OPT_STARTTLS: off unless configured (see {@link TlsConfig} and docs/security.md). */
     public TlsConfig tls = new TlsConfig();
 
+    /** {@link #maxBufferedBytes}, or its default when it is 0. */
+    public long bufferedBytesLimit() {
+        return maxBufferedBytes != 0 ? maxBufferedBytes : Math.max(maxPayload, PlatformDependent.maxDirectMemory() / 2);
+    }
+
     /** Checks the values and fills in the derived defaults; returns {@code this}. */
     public NbdServerConfig conclude() {
         require(maxPayload >= 1 << 20 && maxPayload <= 1 << 30, "maxPayload must be between 1 MiB and 1 GiB",
@@ -78,6 +92,8 @@ public final class NbdServerConfig {
             "maxInFlightRequestsPerVolume must be >= maxInFlightRequests", maxInFlightRequestsPerVolume);
         require(maxInFlightBytesPerVolume >= maxInFlightBytes, "maxInFlightBytesPerVolume must be >= maxInFlightBytes",
             maxInFlightBytesPerVolume);
+        require(maxBufferedBytes == 0 || maxBufferedBytes >= maxPayload,
+            "maxBufferedBytes must be 0 (half the direct memory limit) or >= maxPayload", maxBufferedBytes);
         require(requestTimeoutMillis == 0 || requestTimeoutMillis >= 1000,
             "requestTimeoutMillis must be 0 (off) or at least 1000", requestTimeoutMillis);
         require(idleTimeoutMillis == 0 || idleTimeoutMillis >= 1000, "idleTimeoutMillis must be 0 (off) or at least"

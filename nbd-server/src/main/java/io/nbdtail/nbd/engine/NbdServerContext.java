@@ -1,17 +1,20 @@
 package io.nbdtail.nbd.engine;
 
+import io.nbdtail.nbd.codec.BufferBudget;
 import io.nbdtail.nbd.tls.NbdTls;
 
 import java.util.concurrent.Executor;
 
 /**
- * What every connection shares: the limits, the exports, the storage threads and the server's lifecycle.
+ * What every connection shares: the limits, the exports, the storage threads, the request buffer budget and
+ * the server's lifecycle.
  */
 public final class NbdServerContext {
     private final NbdServerConfig config;
     private final ExportRegistry exports;
     private final Executor storageExecutor;
     private final NbdTls tls;
+    private final BufferBudget buffers;
     private volatile boolean shuttingDown;
     private volatile MirrorPeer mirrorPeer;
 
@@ -27,6 +30,12 @@ public final class NbdServerContext {
         this.exports = exports;
         this.storageExecutor = storageExecutor;
         this.tls = tls;
+        this.buffers = new BufferBudget(config.bufferedBytesLimit());
+    }
+
+    /** Request buffers held across all connections; see {@link NbdServerConfig#maxBufferedBytes}. */
+    public BufferBudget buffers() {
+        return buffers;
     }
 
     /** TLS for STARTTLS, or {@code null} when it is off. */

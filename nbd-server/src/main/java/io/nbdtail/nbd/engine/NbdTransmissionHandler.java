@@ -1,5 +1,6 @@
 package io.nbdtail.nbd.engine;
 
+import io.nbdtail.nbd.codec.BufferBudget;
 import io.nbdtail.nbd.codec.NbdReplies;
 import io.nbdtail.nbd.codec.NbdRequestDecoder;
 import io.nbdtail.nbd.protocol.NbdCommand;
@@ -42,16 +43,22 @@ import java.util.concurrent.TimeUnit;
  * reading from the socket until the queue drains; the same happens while the socket's outbound buffer is above
  * its high-water mark (a client that does not read its replies). No thread ever blocks.
  *
- * <p>Across connections, {@link VolumeBudget} caps what one volume has in flight; a connection held back by it
- * stops reading the same way. A timer closes a connection whose next request has been arriving for longer than
- * {@code requestTimeoutMillis} (slow-loris), and, if {@code idleTimeoutMillis} is set, one that has been idle
- * that long.
+ * <p>Across connections, {@link VolumeBudget} caps what one volume has in flight, and {@link BufferBudget} the
+ * request buffers of the whole server (the decoder counts WRITE payloads in it, this class READ replies); a
+ * connection held back by either stops reading the same way. A timer closes a connection whose next request has
+ * been arriving for longer than {@code requestTimeoutMillis} (slow-loris), and, if {@code idleTimeoutMillis} is
+ * set, one that has been idle that long.
  *
  * <p>Bad requests get an error reply and the connection stays usable; only a broken stream (bad magic, an
  * enormous WRITE) closes it.
  */
 public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
     private static final Logger LOG = LoggerFactory.getLogger(NbdTransmissionHandler.class);
+    /**
+     * READ replies from this size on give their bytes back to the {@link BufferBudget} when the socket has taken
+     * them (one listener each); smaller ones when they are queued, which the budget's slack absorbs.
+     */
+    private static final long LARGE_REPLY = 1 << 20;
 
     private final NbdServerContext context;
     private final NbdServerConfig config;
@@ -62,6 +69,8 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
     private final ExportStats stats;
     private final Executor storage;
     private final VolumeBudget budget;
+    private final BufferBudget buffers;
+    private final Runnable buffersFreed = this::roomFreed;
     private final ArrayDeque<NbdOperation> waiting = new ArrayDeque<>();
     private final Runnable flushTask = this::flushReplies;
     private final long openedAtMillis = System.currentTimeMillis();
@@ -100,6 +109,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         this.size = export.size();
         this.stats = export.stats();
         this.budget = export.budget();
+        this.buffers = context.buffers();
         this.storage = context.storageExecutor();
     }
 
@@ -239,7 +249,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         }
     }
 
-    /** Called from any thread by {@link VolumeBudget} when the volume has room again. */
+    /** Called from any thread by {@link VolumeBudget} or {@link BufferBudget} when there is room again. */
     void roomFreed() {
         try {
             ctx.executor().execute(() -> {
@@ -260,6 +270,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
             timer.cancel(false);
         }
         budget.forget(this);
+        buffers.forget(buffersFreed);
         NbdOperation op;
         while ((op = waiting.poll()) != null) {
             op.discard();
@@ -384,20 +395,25 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         };
     }
 
+    /**
+     * Whether {@code op} may start now. A READ that may start takes its reply buffer's bytes from the server's
+     * budget here (given back in {@link #complete}); a WRITE's payload was counted by the decoder.
+     */
     private boolean canDispatch(final NbdOperation op) {
-        if (inFlight == 0) {
-            return true;
+        if (inFlight > 0) {
+            if (!(inFlight < config.maxInFlightRequests && inFlightBytes + op.weight <= config.maxInFlightBytes
+                && ctx.channel().isWritable())) {
+                return false;
+            }
+            if (!budget.hasRoom(op.weight, config)) {
+                // Register, then look again: a release between the first look and the registration is not missed.
+                budget.await(this);
+                if (!budget.hasRoom(op.weight, config)) {
+                    return false;
+                }
+            }
         }
-        if (!(inFlight < config.maxInFlightRequests && inFlightBytes + op.weight <= config.maxInFlightBytes
-            && ctx.channel().isWritable())) {
-            return false;
-        }
-        if (budget.hasRoom(op.weight, config)) {
-            return true;
-        }
-        // Register, then look again: a release between the first look and the registration is not missed.
-        budget.await(this);
-        return budget.hasRoom(op.weight, config);
+        return op.command() != NbdCommand.READ || buffers.reserveOrWait(op.weight, buffersFreed);
     }
 
     private void dispatch(final NbdOperation op) {
@@ -414,6 +430,12 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         inFlight--;
         inFlightBytes -= op.weight;
         budget.release(op.weight);
+        // A large READ's reply holds its memory until the socket has taken it; the rest give it back now.
+        final long heldUntilSent = op.command() == NbdCommand.READ && !closed && op.error() == null
+            && op.weight >= LARGE_REPLY ? op.weight : 0;
+        if (op.command() == NbdCommand.READ && heldUntilSent == 0) {
+            buffers.release(op.weight);
+        }
         stats.onCompleted(op.command(), System.nanoTime() - op.startNanos);
         if (closed) {
             op.discard();
@@ -431,8 +453,12 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
                     bytesWritten += op.request().length();
                     stats.onWrite(op.request().length());
                 }
-                ctx.write(reply != null ? reply : NbdReplies.simple(ctx.alloc(), op.request().cookie(), 0),
-                    ctx.voidPromise());
+                if (heldUntilSent > 0) {
+                    ctx.write(reply).addListener(f -> buffers.release(heldUntilSent));
+                } else {
+                    ctx.write(reply != null ? reply : NbdReplies.simple(ctx.alloc(), op.request().cookie(), 0),
+                        ctx.voidPromise());
+                }
                 scheduleFlush();
             }
             op.recycle();
@@ -482,10 +508,19 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
     private void updateAutoRead() {
         final boolean read = !disconnecting && !draining && !closed && waiting.isEmpty()
             && inFlight < config.maxInFlightRequests && inFlightBytes < config.maxInFlightBytes
-            && ctx.channel().isWritable();
+            && ctx.channel().isWritable() && (decoder == null || !decoder.awaitingBuffer());
         if (ctx.channel().config().isAutoRead() != read) {
             ctx.channel().config().setAutoRead(read);
         }
+    }
+
+    @Override
+    public void userEventTriggered(final ChannelHandlerContext ctx, final Object evt) throws Exception {
+        if (evt == NbdRequestDecoder.BUFFER_AVAILABLE) {
+            updateAutoRead();
+            return;
+        }
+        super.userEventTriggered(ctx, evt);
     }
 
     @Override

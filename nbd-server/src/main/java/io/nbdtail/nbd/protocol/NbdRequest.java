@@ -55,6 +55,8 @@ public final class NbdRequest {
     private long length;
     private ByteBuf payload;
     private boolean payloadDropped;
+    /** Holds {@code length} bytes for the payload's buffer until the payload is released; may be null. */
+    private Reservation reservation;
 
     private NbdRequest(final Recycler.Handle<NbdRequest> handle) {
         this.handle = handle;
@@ -83,6 +85,20 @@ public final class NbdRequest {
         this.length = length;
         this.payload = payload;
         this.payloadDropped = payloadDropped;
+        this.reservation = null;
+    }
+
+    /**
+     * The bytes a payload's buffer holds in a server-wide budget; returned when the payload is released.
+     */
+    public interface Reservation {
+        void release(long bytes);
+    }
+
+    /** Makes this request return {@code length} bytes to {@code r} when its payload is released. */
+    public NbdRequest reservedIn(final Reservation r) {
+        this.reservation = r;
+        return this;
     }
 
     /** Releases the payload, if still owned, and returns a pooled request to its pool. */
@@ -130,10 +146,14 @@ public final class NbdRequest {
         return payload;
     }
 
-    /** Hands the payload reference over to the caller; the request no longer releases it. */
+    /**
+     * Hands the payload reference over to the caller; the request no longer releases it, and no longer counts
+     * it in its budget.
+     */
     public ByteBuf takePayload() {
         final ByteBuf p = payload;
         payload = null;
+        returnReservation();
         return p;
     }
 
@@ -147,6 +167,15 @@ public final class NbdRequest {
         final ByteBuf p = payload;
         payload = null;
         ReferenceCountUtil.release(p);
+        returnReservation();
+    }
+
+    private void returnReservation() {
+        final Reservation r = reservation;
+        reservation = null;
+        if (r != null) {
+            r.release(length);
+        }
     }
 
     @Override

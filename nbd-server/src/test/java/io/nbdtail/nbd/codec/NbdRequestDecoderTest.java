@@ -494,6 +494,110 @@ class NbdRequestDecoderTest {
     // ---------------------------------------------------------------- helpers
 
     /** A request header as the client sends it. */
+    @Test
+    void aPayloadThatDoesNotFitTheBudgetWaitsWithReadingStoppedAndResumesWhenAnotherIsReleased() {
+        final BufferBudget budget = new BufferBudget(1 << 20);
+        final ExceptionCatcher firstCatcher = new ExceptionCatcher();
+        final ExceptionCatcher secondCatcher = new ExceptionCatcher();
+        final EmbeddedChannel first = new EmbeddedChannel(new NbdRequestDecoder(MAX_PAYLOAD, MAX_DISCARD, budget),
+            firstCatcher);
+        final EmbeddedChannel second = new EmbeddedChannel(new NbdRequestDecoder(MAX_PAYLOAD, MAX_DISCARD, budget),
+            secondCatcher);
+        try {
+            final byte[] a = pattern(600 << 10, 1);
+            final byte[] b = pattern(700 << 10, 2);
+            first.writeInbound(Unpooled.wrappedBuffer(concat(header(0, 1, 1, 0, a.length), slice(a, 0, 1000))));
+            assertThat(budget.used()).isEqualTo(a.length);
+
+            second.writeInbound(Unpooled.wrappedBuffer(concat(header(0, 1, 2, 0, b.length), slice(b, 0, 3000))));
+            final NbdRequestDecoder waiting = second.pipeline().get(NbdRequestDecoder.class);
+            assertThat(waiting.awaitingBuffer()).isTrue();
+            assertThat(waiting.midRequest()).isTrue();
+            assertThat(second.config().isAutoRead()).isFalse();
+            assertThat(budget.used()).isEqualTo(a.length);
+            assertThat(budget.waits()).isEqualTo(1);
+
+            first.writeInbound(Unpooled.wrappedBuffer(slice(a, 1000, a.length)));
+            final NbdRequest done = firstCatcher.poll();
+            assertThat(ByteBufUtil.getBytes(done.payload())).isEqualTo(a);
+            second.runPendingTasks();
+            assertThat(waiting.awaitingBuffer()).isTrue(); // nothing released yet
+            done.recycle();
+            assertThat(budget.used()).isZero();
+
+            second.runPendingTasks(); // the wake-up runs on the channel's event loop
+            assertThat(waiting.awaitingBuffer()).isFalse();
+            assertThat(second.config().isAutoRead()).isTrue();
+            assertThat(budget.used()).isEqualTo(b.length);
+            second.writeInbound(Unpooled.wrappedBuffer(slice(b, 3000, b.length)));
+            final NbdRequest resumed = secondCatcher.poll();
+            assertThat(resumed.cookie()).isEqualTo(2);
+            assertThat(ByteBufUtil.getBytes(resumed.payload())).isEqualTo(b);
+            resumed.recycle();
+            assertThat(budget.used()).isZero();
+            assertThat(firstCatcher.cause).isNull();
+            assertThat(secondCatcher.cause).isNull();
+        } finally {
+            releaseAll(firstCatcher.requests);
+            releaseAll(secondCatcher.requests);
+            first.finishAndReleaseAll();
+            second.finishAndReleaseAll();
+        }
+    }
+
+    @Test
+    void everyPayloadIsCountedUntilReleasedAndAClosedConnectionGivesBackWhatItHeld() {
+        final BufferBudget budget = new BufferBudget(64 << 20);
+        final ExceptionCatcher c = new ExceptionCatcher();
+        final EmbeddedChannel ch = new EmbeddedChannel(new NbdRequestDecoder(MAX_PAYLOAD, MAX_DISCARD, budget), c);
+        // In one buffer with its header: a slice of the input, counted all the same.
+        ch.writeInbound(Unpooled.wrappedBuffer(WRITE_REQUEST));
+        assertThat(budget.used()).isEqualTo(16);
+        c.poll().recycle();
+        assertThat(budget.used()).isZero();
+        // Half a payload when the connection closes.
+        ch.writeInbound(Unpooled.wrappedBuffer(concat(header(0, 1, 3, 0, 1 << 20), new byte[100])));
+        assertThat(budget.used()).isEqualTo(1 << 20);
+        ch.finishAndReleaseAll();
+        assertThat(budget.used()).isZero();
+    }
+
+    @Test
+    void aWaitingConnectionThatClosesIsForgotten() {
+        final BufferBudget budget = new BufferBudget(1 << 20);
+        budget.reserve(1 << 20);
+        final ExceptionCatcher c = new ExceptionCatcher();
+        final EmbeddedChannel ch = new EmbeddedChannel(new NbdRequestDecoder(MAX_PAYLOAD, MAX_DISCARD, budget), c);
+        ch.writeInbound(Unpooled.wrappedBuffer(concat(header(0, 1, 4, 0, 4096), new byte[10])));
+        assertThat(ch.pipeline().get(NbdRequestDecoder.class).awaitingBuffer()).isTrue();
+        ch.finishAndReleaseAll();
+        budget.release(1 << 20);
+        assertThat(budget.used()).isZero();
+        assertThat(c.requests).isEmpty();
+    }
+
+    @Test
+    void countsEveryDecodedRequestIncludingWritesWhosePayloadCameWithTheHeader() {
+        // The slow-loris timer compares this count between ticks: a stream of small writes must move it, or a busy
+        // client with a partial request at every tick would be closed as a slow one.
+        final NbdRequestDecoder decoder = channel.pipeline().get(NbdRequestDecoder.class);
+        channel.writeInbound(Unpooled.wrappedBuffer(concat(WRITE_REQUEST, WRITE_REQUEST, READ_REQUEST)));
+        assertThat(decoder.decoded()).isEqualTo(3);
+        releaseAll(catcher.requests);
+    }
+
+    private static byte[] pattern(final int length, final int seed) {
+        final byte[] bytes = new byte[length];
+        for (int i = 0; i < length; i++) {
+            bytes[i] = (byte) (i * 31 + seed);
+        }
+        return bytes;
+    }
+
+    private static byte[] slice(final byte[] bytes, final int from, final int to) {
+        return Arrays.copyOfRange(bytes, from, to);
+    }
+
     static byte[] header(final int flags, final int type, final long cookie, final long offset, final long length) {
         final ByteBuf buf = Unpooled.buffer(NbdConstants.REQUEST_LENGTH);
         buf.writeInt(NbdConstants.REQUEST_MAGIC);

@@ -257,8 +257,11 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
     public Export served(final String name) throws VolumeException {
         final Export export = export(name);
         if (held.containsKey(name)) {
-            throw new VolumeException(VolumeException.Code.CORRUPT, "volume '" + name + "' is "
-                + ownership(name).state() + ", not served; see GET /v1/volumes/" + name);
+            final Ownership owner = ownership(name);
+            final String where = owner.state().equals(Ownership.MOVED) && owner.peer() != null
+                ? " to " + owner.peer() + " at epoch " + owner.epoch() : "";
+            throw new VolumeException(VolumeException.Code.CORRUPT, "volume '" + name + "' is " + owner.state()
+                + where + ", not served here, and takes no changes; see GET /v1/volumes/" + name);
         }
         return export;
     }

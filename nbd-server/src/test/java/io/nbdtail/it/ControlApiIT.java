@@ -2,6 +2,7 @@ package io.nbdtail.it;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import io.nbdtail.layer.Manifest;
 import io.nbdtail.server.NbdTail;
 import io.nbdtail.server.ServerConfig;
 import io.nbdtail.testing.ExternalTool;
@@ -134,6 +135,46 @@ class ControlApiIT {
         ok(call("DELETE", "/v1/volumes/web1", null), 204);
         error(call("GET", "/v1/volumes/web1", null), 404, "volume_not_found");
         assertThat(ExternalTool.run("nbdinfo", "--size", nbd("web1")).exitCode()).isNotZero();
+    }
+
+    /** reliability.md A4: a volume that needs a check, or has moved to another tail, refuses every change. */
+    @Test
+    void shouldRefuseOperationsOnAVolumeThatNeedsACheckOrHasMovedAwayAndSayWhy() throws Exception {
+        ok(call("POST", "/v1/volumes", "{\"name\":\"sick\",\"size\":1048576}"), 201);
+        ok(call("POST", "/v1/volumes/sick/snapshots", "{\"name\":\"before\"}"), 201);
+        ok(call("POST", "/v1/volumes", "{\"name\":\"gone\",\"size\":1048576}"), 201);
+        tail.close();
+        tail = null;
+        final Path volumes = dir.resolve("data").resolve("volumes");
+        // As the server leaves them: after a failed fdatasync, and after a mirror's hand-over to another tail.
+        Manifest.read(volumes.resolve("sick")).withNeedsCheck(true, "fdatasync failed").write(volumes.resolve("sick"));
+        Files.writeString(volumes.resolve("gone").resolve("mirror.json"),
+            "{\"state\":\"moved\",\"epoch\":1,\"peer\":\"10.0.0.9:10809\",\"session\":null,"
+                + "\"cancelledSession\":null,\"tokenSha256\":null,\"originId\":null,\"written\":false,"
+                + "\"serviceAddress\":null,\"changed\":null}");
+        startTail();
+
+        final JsonNode status = ok(call("GET", "/v1/status", null), 200);
+        assertThat(status.get("failedVolumes").toString()).contains("sick");
+        assertThat(ok(call("GET", "/v1/volumes/gone", null), 200).get("state").asText()).isEqualTo("moved");
+        for (final String[] op : new String[][] {
+            {"POST", "/snapshots", "{\"name\":\"s2\"}"},
+            {"POST", "/grow", "{\"size\":2097152}"},
+            {"POST", "/scrub", null},
+            {"PUT", "/acl", "{\"allow\":[\"127.0.0.1\"]}"},
+            {"POST", "/snapshots/before/rollback", null},
+        }) {
+            final HttpResponse<String> sick = call(op[0], "/v1/volumes/sick" + op[1], op[2]);
+            assertThat(sick.statusCode()).as(op[1] + " " + sick.body()).isIn(404, 409);
+            assertThat(sick.body()).as(op[1]).containsAnyOf("check", "cannot be served");
+            final HttpResponse<String> gone = call(op[0], "/v1/volumes/gone" + op[1], op[2]);
+            assertThat(gone.statusCode()).as(op[1] + " " + gone.body()).isIn(404, 409);
+            assertThat(gone.body()).as(op[1]).contains("moved");
+        }
+        // Neither is served, and neither is lost: the moved one can be deleted once the brain is done with it.
+        assertThat(ExternalTool.run("nbdinfo", "--size", nbd("sick")).exitCode()).isNotZero();
+        assertThat(ExternalTool.run("nbdinfo", "--size", nbd("gone")).exitCode()).isNotZero();
+        ok(call("DELETE", "/v1/volumes/gone", null), 204);
     }
 
     @Test

@@ -95,4 +95,77 @@ class DiskFullIT {
             ExternalTool.run("umount", mount.toString());
         }
     }
+
+    /**
+     * reliability.md R5, inode exhaustion: with no inode left, writes to an existing volume (which need blocks,
+     * not inodes) and reads go on; what needs new files — a snapshot, a new volume — fails with ENOSPC in its
+     * message and leaves nothing half made; both succeed once inodes are freed, and the snapshot is a true one.
+     */
+    @Test
+    void shouldKeepServingWhenInodesRunOutAndRefuseOnlyWhatNeedsNewFiles() throws Exception {
+        final Path mount = dir.resolve("inodes");
+        Files.createDirectories(mount);
+        final ExternalTool.Result mounted = ExternalTool.run("mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=64",
+            "tmpfs", mount.toString());
+        assumeTrue(mounted.exitCode() == 0, "cannot mount a tmpfs: " + mounted.stderr());
+        try (TestServer server = TestServer.start(mount.resolve("data"))) {
+            final Volume volume = server.createVolume("ino", 32L << 20);
+            final String uri = server.uri("ino");
+            ExternalTool.run("qemu-io", "-f", "raw", "-c", "write -P 0x31 0 1M", "-c", "flush", uri).assertSuccess();
+            final Path fillers = mount.resolve("fillers");
+            Files.createDirectories(fillers);
+            int made = 0;
+            try {
+                while (made < 10_000) {
+                    Files.createFile(fillers.resolve("f" + made));
+                    made++;
+                }
+            } catch (final java.io.IOException full) {
+                assertThat(full.getMessage()).as("the fill stops at the inode limit").isNotNull();
+            }
+            assertThat(made).as("inodes ran out").isLessThan(10_000);
+
+            // New blocks in an existing file need no inode: writes, reads and flushes go on.
+            ExternalTool.run("qemu-io", "-f", "raw", "-c", "write -P 0x32 8M 2M", "-c", "flush",
+                "-c", "read -P 0x31 0 1M", "-c", "read -P 0x32 8M 2M", uri).assertSuccess();
+            assertThat(volume.failure()).isNull();
+
+            final Throwable snapshot = org.assertj.core.api.Assertions.catchThrowable(() ->
+                volume.layers().createSnapshot("no-inodes", java.time.Instant.now()));
+            assertThat(snapshot).as("a snapshot needs new files").isNotNull();
+            assertThat(describe(snapshot)).contains("No space left on device");
+            assertThat(volume.layers().snapshots()).as("nothing half made").isEmpty();
+            final Throwable create = org.assertj.core.api.Assertions.catchThrowable(() ->
+                server.volumes().create("another", 1L << 20, null, "", false));
+            assertThat(create).as("a volume needs new files").isNotNull();
+            assertThat(describe(create)).contains("No space left on device");
+            assertThat(server.volumes().list()).extracting(m -> m.name()).containsExactly("ino");
+            ExternalTool.run("qemu-io", "-f", "raw", "-c", "write -P 0x33 0 64k", "-c", "flush", uri).assertSuccess();
+
+            for (int i = 0; i < made; i++) {
+                Files.delete(fillers.resolve("f" + i));
+            }
+            volume.layers().createSnapshot("after", java.time.Instant.now());
+            ExternalTool.run("qemu-io", "-f", "raw", "-c", "write -P 0x34 0 64k", "-c", "flush", uri).assertSuccess();
+            try (var view = volume.layers().snapshotView("after")) {
+                final java.nio.ByteBuffer b = java.nio.ByteBuffer.allocateDirect(64 << 10);
+                view.read(b, 0);
+                for (int i = 0; i < b.capacity(); i++) {
+                    assertThat(b.get(i)).as("snapshot byte %d", i).isEqualTo((byte) 0x33);
+                }
+            }
+            server.volumes().create("another", 1L << 20, null, "", false);
+        } finally {
+            ExternalTool.run("umount", mount.toString());
+        }
+    }
+
+    /** The message of a failure and its causes, where ENOSPC may sit a level down. */
+    private static String describe(final Throwable t) {
+        final StringBuilder b = new StringBuilder();
+        for (Throwable c = t; c != null; c = c.getCause()) {
+            b.append(c).append(" / ");
+        }
+        return b.toString();
+    }
 }

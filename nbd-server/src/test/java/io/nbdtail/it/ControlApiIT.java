@@ -25,7 +25,11 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 
@@ -200,6 +204,58 @@ class ControlApiIT {
         // Nothing was half-done: only the one good volume exists.
         assertThat(ok(call("GET", "/v1/volumes", null), 200).size()).isEqualTo(1);
         assertThat(Files.list(dir.resolve("data/volumes")).count()).isEqualTo(1);
+    }
+
+    /**
+     * reliability.md R4: the API flooded with malformed and unauthenticated calls while qemu-io writes and reads
+     * back a volume. Every bad call gets its 4xx, none a 5xx, and the guest's I/O is untouched.
+     */
+    @Test
+    void shouldRejectAFloodOfBadCallsWhileTheDataPathGoesOn() throws Exception {
+        ok(call("POST", "/v1/volumes", "{\"name\":\"busy\",\"size\":67108864}"), 201);
+        final CompletableFuture<ExternalTool.Result> io = CompletableFuture.supplyAsync(() -> ExternalTool.run(
+            "qemu-io", "-f", "raw", "-c", "aio_write -P 0x5c 0 16M", "-c", "aio_write -P 0x5d 16M 16M", "-c",
+            "aio_flush", "-c", "write -P 0x5e 32M 16M", "-c", "read -P 0x5c 0 16M", "-c", "read -P 0x5d 16M 16M",
+            "-c", "read -P 0x5e 32M 16M", nbd("busy")));
+        final String[][] bad = {
+            {"POST", "/v1/volumes", "{\"name\":"},
+            {"POST", "/v1/volumes", "[1,2,3]"},
+            {"POST", "/v1/volumes", "{\"name\":\"x\",\"size\":\"lots\"}"},
+            {"PUT", "/v1/volumes/busy/acl", "{\"allow\":7}"},
+            {"POST", "/v1/volumes/busy/grow", "\u0000\u0001garbage"},
+            {"GET", "/v1/volumes/../../etc/passwd", null},
+            {"DELETE", "/v1/volumes", null},
+        };
+        final int threads = 16;
+        final int perThread = 60;
+        final ExecutorService pool = Executors.newFixedThreadPool(threads);
+        final AtomicInteger answered = new AtomicInteger();
+        final List<Future<?>> flood = new ArrayList<>();
+        for (int t = 0; t < threads; t++) {
+            final int thread = t;
+            flood.add(pool.submit(() -> {
+                for (int i = 0; i < perThread; i++) {
+                    final String[] c = bad[(thread + i) % bad.length];
+                    final HttpResponse<String> r = (thread + i) % 5 == 0
+                        ? http.send(HttpRequest.newBuilder(URI.create(base + "/v1/volumes")).header("Authorization",
+                            "Bearer wrong").build(), HttpResponse.BodyHandlers.ofString())
+                        : call(c[0], c[1], c[2]);
+                    assertThat(r.statusCode()).as(c[0] + " " + c[1] + " " + r.body()).isBetween(400, 499);
+                    answered.incrementAndGet();
+                }
+                return null;
+            }));
+        }
+        for (final Future<?> f : flood) {
+            f.get(120, TimeUnit.SECONDS);
+        }
+        pool.shutdown();
+        assertThat(answered.get()).isEqualTo(threads * perThread);
+        final ExternalTool.Result result = io.get(120, TimeUnit.SECONDS);
+        assertThat(result.exitCode()).as(result.output()).isZero();
+        assertThat(result.output()).doesNotContain("failed").doesNotContain("error");
+        assertThat(ok(call("GET", "/v1/volumes/busy", null), 200).get("size").asLong()).isEqualTo(64L << 20);
+        assertThat(ok(call("GET", "/v1/status", null), 200).get("health").asText()).isEqualTo("ok");
     }
 
     @Test

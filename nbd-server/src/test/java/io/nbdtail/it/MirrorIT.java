@@ -428,6 +428,34 @@ class MirrorIT {
         assertSameSnapshots("tl");
     }
 
+    /** The destination restarts between layers: its sealed snapshots are on its disc, and the retry skips them. */
+    @Test
+    void shouldResumeASnapshotTreeAfterTheDestinationRestarts() throws Exception {
+        source.volumes().create("tr", SIZE, null, "", false);
+        buildTree("tr");
+        final byte[] model = read(source.volumes().export("tr").volume().device());
+        destination.mirrors().receive("tr", SIZE, TOKEN, null);
+        source.mirrors().start("tr", request(8L << 20));
+        final MirrorJob job = source.mirrors().job("tr");
+        while (destination.volumes().snapshots("tr").isEmpty()) {
+            Thread.sleep(10);
+        }
+        destination.close();
+        destination = null;
+        while (job.status().attempts() == 0) {
+            Thread.sleep(20);
+        }
+        destination = tail("destination");
+        destination.listen("127.0.0.1", destinationPort);
+        assertThat(destination.volumes().snapshots("tr")).extracting(i -> i.name()).contains("s0");
+        job.rateLimit(0);
+        final MirrorStatus done = await(job);
+        assertThat(done.state()).as("final status %s", done).isEqualTo("moved");
+        assertThat(done.bytesCopied()).as("s0 not sent again").isLessThanOrEqualTo((8L + 2 * (4 + 2) + 2 + 2 + 1) << 20);
+        assertThat(Arrays.equals(read(destination.volumes().export("tr").volume().device()), model)).isTrue();
+        assertSameSnapshots("tr");
+    }
+
     @Test
     void shouldAbortAndRestartThreeTimesThenSucceed() throws Exception {
         source.volumes().create("b", SIZE, null, "", false);

@@ -396,10 +396,19 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
         final String topThere = request.path("topParent").isTextual() ? request.path("topParent").asText() : null;
         if (!new java.util.HashSet<>(here).equals(new java.util.HashSet<>(declared)) || here.size() != declared.size()
             || !java.util.Objects.equals(topHere, topThere)) {
-            throw new Refused(REP_ERR_POLICY, "the snapshots of '" + name + "' here " + here + " (live disc on "
-                + topHere + ") are not the source's " + declared + " (on " + topThere + "); the cutover is"
-                + " refused and the source keeps the volume");
+            throw new Refused(REP_ERR_POLICY, "the snapshots of '" + name + "' here are not the source's; the cutover"
+                + " is refused and the source keeps the volume. Here: " + describe(here, topHere) + "; source: "
+                + describe(declared, topThere));
         }
+    }
+
+    private static String describe(final List<SnapshotLayer> tree, final String top) {
+        final StringBuilder out = new StringBuilder();
+        for (final SnapshotLayer l : tree) {
+            out.append(l.name()).append(l.parent() == null ? "" : " on " + l.parent()).append(" (")
+                .append(l.created()).append("), ");
+        }
+        return out.append("live disc on ").append(top).toString();
     }
 
     private Result resolve(final String name, final Ownership owner, final JsonNode request) throws Exception {

@@ -456,6 +456,33 @@ class MirrorIT {
         assertSameSnapshots("tr");
     }
 
+    /** A destination whose snapshot tree is not the one the source declared refuses the cutover. */
+    @Test
+    void shouldRefuseTheCutoverWhenTheDestinationsTreeDiffers() throws Exception {
+        source.volumes().create("td", SIZE, null, "", false);
+        buildTree("td");
+        final byte[] live = new byte[16 << 20];
+        new Random(41).nextBytes(live);
+        source.volumes().export("td").volume().write(ByteBuffer.wrap(live), 32L << 20);
+        destination.mirrors().receive("td", SIZE, TOKEN, null);
+        source.mirrors().start("td", request(4L << 20));
+        final MirrorJob job = source.mirrors().job("td");
+        // All four snapshots sealed: the live disc is on its way. Somebody takes a snapshot at the destination.
+        while (destination.volumes().snapshots("td").size() < 4) {
+            Thread.sleep(10);
+        }
+        destination.volumes().export("td").volume().layers().createSnapshot("intruder", java.time.Instant.now());
+        job.rateLimit(0);
+        final MirrorStatus done = await(job);
+        assertThat(done.state()).isEqualTo("failed");
+        assertThat(done.lastError()).contains("not the source's");
+        assertThat(source.volumes().ownership("td").state()).isEqualTo(Ownership.SERVING);
+        assertThat(destination.volumes().ownership("td").state()).isEqualTo(Ownership.RECEIVING);
+        // The source serves on, and its snapshots can change again.
+        source.volumes().export("td").volume().write(ByteBuffer.wrap(new byte[] {1}), 0);
+        source.volumes().createSnapshot("td", "after");
+    }
+
     @Test
     void shouldAbortAndRestartThreeTimesThenSucceed() throws Exception {
         source.volumes().create("b", SIZE, null, "", false);

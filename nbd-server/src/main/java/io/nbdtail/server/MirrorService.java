@@ -15,6 +15,9 @@ import io.nbdtail.replication.MirrorJob;
 import io.nbdtail.replication.MirrorRefusedException;
 import io.nbdtail.replication.MirrorSession;
 import io.nbdtail.replication.MirrorStatus;
+import io.nbdtail.replication.SnapshotLayer;
+import io.nbdtail.layer.LayeredDevice;
+import io.nbdtail.layer.Manifest;
 import io.nbdtail.storage.StorageException;
 import io.nbdtail.volume.Volume;
 import io.nbdtail.volume.VolumeException;
@@ -154,7 +157,7 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
                 return op.equals("commit") ? commit(name, export, served, current, request)
                     : resolve(name, current, request);
             }
-            if (!op.equals("hello")) {
+            if (!op.equals("hello") && !op.equals("layer") && !op.equals("seal")) {
                 throw new Refused(REP_ERR_INVALID, "unknown mirror operation '" + op + "'");
             }
             if (export == null || !owner.state().equals(Ownership.RECEIVING)) {
@@ -162,7 +165,16 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
                     + " is wrong; ask the destination to receive it first (POST /v1/volumes/" + name + "/receive)");
             }
             authenticate(owner, request, client, name);
-            return hello(name, export, owner, request);
+            if (op.equals("hello")) {
+                return hello(name, export, owner, request);
+            }
+            final String session = request.path("session").asText();
+            if (!session.equals(owner.session())) {
+                throw new Refused(REP_ERR_POLICY, "volume '" + name + "' is not receiving session " + session
+                    + " here (a newer session said hello); this request is stale");
+            }
+            final LayeredDevice layers = export.volume().layers();
+            return op.equals("layer") ? startLayer(name, layers, request) : seal(name, export.volume(), request);
         }
     }
 
@@ -208,6 +220,12 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
         }
         final boolean resumable = session.equals(owner.session());
         final boolean empty = !owner.written();
+        final List<LayeredDevice.SnapshotInfo> snapshots = export.volume().layers().snapshots();
+        if (!resumable && !snapshots.isEmpty()) {
+            throw new Refused(REP_ERR_POLICY, "volume '" + name + "' here holds " + snapshots.size() + " snapshot(s)"
+                + " from an earlier mirror session; a new session cannot reuse them. Delete the volume here"
+                + " (DELETE /v1/volumes/" + name + "), receive it again and start the mirror again");
+        }
         // A new connection from the source: the old ones are stale (their writes must not land after the new
         // session's). Close them and wait until none of their requests is running.
         drain(export);
@@ -219,6 +237,7 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
         reply.put("resumable", resumable);
         reply.put("empty", empty);
         reply.put("epoch", epoch);
+        reply.set("snapshots", json.valueToTree(tree(snapshots)));
         LOG.info("mirror hello for {} from session {} ({}{})", name, session, resumable ? "resuming" : "new copy",
             empty ? ", empty" : "");
         return new Result(json.writeValueAsBytes(reply), export);
@@ -259,6 +278,7 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
             throw new Refused(REP_ERR_INVALID, "cutover to epoch " + epoch + " but the copy is of epoch "
                 + owner.epoch() + "; refused");
         }
+        checkTree(name, export.volume().layers(), request);
         // The source flushed before asking; flush again so the record never precedes the data.
         final long start = System.nanoTime();
         drain(export);
@@ -284,6 +304,111 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
             + " ms)", name, epoch, session, (drained - start) / 1_000_000, (synced - drained) / 1_000_000,
             (recorded - synced) / 1_000_000);
         return reply("epoch", epoch);
+    }
+
+    /** The snapshots here as the source describes its own (cluster counts are not kept). */
+    private static List<SnapshotLayer> tree(final List<LayeredDevice.SnapshotInfo> snapshots) {
+        final List<SnapshotLayer> tree = new ArrayList<>();
+        for (final LayeredDevice.SnapshotInfo s : snapshots) {
+            tree.add(new SnapshotLayer(s.name(), s.parent(), s.created().toString(), -1, -1));
+        }
+        return tree;
+    }
+
+    /**
+     * Snapshot layers: a fresh, empty active layer on snapshot {@code parent} (a rollback, which drops what a copy
+     * cut short left in the active layer), or for the bottom layer a check that there is no snapshot yet.
+     */
+    private Result startLayer(final String name, final LayeredDevice layers, final JsonNode request)
+        throws Exception {
+        final String parent = request.path("parent").isTextual() ? request.path("parent").asText() : null;
+        if (parent == null) {
+            if (!layers.snapshots().isEmpty()) {
+                throw new Refused(REP_ERR_INVALID, "volume '" + name + "' here has snapshots already; the bottom layer"
+                    + " of this session cannot go under them. Delete the volume here, receive it again and start"
+                    + " the mirror again");
+            }
+        } else {
+            try {
+                layers.rollback(parent);
+            } catch (final io.nbdtail.layer.SnapshotException e) {
+                throw new Refused(REP_ERR_INVALID, "cannot start a layer on snapshot '" + parent + "' of '" + name
+                    + "' here: " + e.getMessage());
+            }
+        }
+        LOG.info("mirror of {}: receiving a layer on {}", name, parent == null ? "nothing (the bottom)" : parent);
+        return reply("ok", true);
+    }
+
+    /**
+     * Snapshot layers: checks that the active layer rests on the snapshot's parent and holds what the source's
+     * layer holds, then takes the snapshot under the source's name and creation time. Idempotent.
+     */
+    private Result seal(final String name, final Volume volume, final JsonNode request) throws Exception {
+        final SnapshotLayer snapshot = json.treeToValue(request.path("snapshot"), SnapshotLayer.class);
+        final LayeredDevice layers = volume.layers();
+        for (final LayeredDevice.SnapshotInfo s : layers.snapshots()) {
+            if (s.name().equals(snapshot.name())) {
+                if (java.util.Objects.equals(s.parent(), snapshot.parent())
+                    && s.created().toString().equals(snapshot.created())) {
+                    return reply("ok", true); // sealed already; the first answer was lost
+                }
+                throw new Refused(REP_ERR_INVALID, "snapshot '" + snapshot.name() + "' of '" + name + "' exists here"
+                    + " on " + s.parent() + ", not on " + snapshot.parent() + "; refused");
+            }
+        }
+        final Manifest m = layers.manifest();
+        final String activeParent = m == null ? null : m.layer(m.active().parent()).snapshot();
+        if (!java.util.Objects.equals(activeParent, snapshot.parent())) {
+            throw new Refused(REP_ERR_INVALID, "cannot seal snapshot '" + snapshot.name() + "' of '" + name + "': the"
+                + " layer here rests on " + activeParent + ", not on " + snapshot.parent());
+        }
+        final long[] held = layers.heldClusters(null);
+        if (snapshot.dataClusters() >= 0 && (held == null || held[0] != snapshot.dataClusters()
+            || held[1] != snapshot.zeroClusters())) {
+            throw new Refused(REP_ERR_INVALID, "snapshot '" + snapshot.name() + "' of '" + name + "' arrived"
+                + " incomplete: the layer here holds " + (held == null ? "no map" : held[0] + " data and " + held[1]
+                + " zero clusters") + ", the source's " + snapshot.dataClusters() + " and " + snapshot.zeroClusters()
+                + "; refused");
+        }
+        try {
+            volume.flusher().syncNow();
+            layers.createSnapshot(snapshot.name(), java.time.Instant.parse(snapshot.created()));
+        } catch (final io.nbdtail.layer.SnapshotException e) {
+            throw new Refused(REP_ERR_INVALID, "cannot seal snapshot '" + snapshot.name() + "' of '" + name
+                + "' here: " + e.getMessage());
+        }
+        LOG.info("mirror of {}: snapshot {} sealed (on {}, created {})", name, snapshot.name(), snapshot.parent(),
+            snapshot.created());
+        return reply("ok", true);
+    }
+
+    /** Before the commit record: the snapshot tree built here is the one the source declared. */
+    private void checkTree(final String name, final LayeredDevice layers, final JsonNode request) throws Exception {
+        final List<SnapshotLayer> declared = new ArrayList<>();
+        for (final JsonNode s : request.path("snapshots")) {
+            final SnapshotLayer l = json.treeToValue(s, SnapshotLayer.class);
+            declared.add(new SnapshotLayer(l.name(), l.parent(), l.created(), -1, -1));
+        }
+        final List<SnapshotLayer> here = tree(layers.snapshots());
+        final Manifest m = layers.manifest();
+        final String topHere = m == null ? null : m.layer(m.active().parent()).snapshot();
+        final String topThere = request.path("topParent").isTextual() ? request.path("topParent").asText() : null;
+        if (!new java.util.HashSet<>(here).equals(new java.util.HashSet<>(declared)) || here.size() != declared.size()
+            || !java.util.Objects.equals(topHere, topThere)) {
+            throw new Refused(REP_ERR_POLICY, "the snapshots of '" + name + "' here are not the source's; the cutover"
+                + " is refused and the source keeps the volume. Here: " + describe(here, topHere) + "; source: "
+                + describe(declared, topThere));
+        }
+    }
+
+    private static String describe(final List<SnapshotLayer> tree, final String top) {
+        final StringBuilder out = new StringBuilder();
+        for (final SnapshotLayer l : tree) {
+            out.append(l.name()).append(l.parent() == null ? "" : " on " + l.parent()).append(" (")
+                .append(l.created()).append("), ");
+        }
+        return out.append("live disc on ").append(top).toString();
     }
 
     private Result resolve(final String name, final Ownership owner, final JsonNode request) throws Exception {
@@ -331,31 +456,56 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
                     + name + "/mirror, or abort it first");
             }
             final Volume volume = export.volume();
-            if (volume.layers() != null && !volume.layers().snapshots().isEmpty()) {
-                // The mirror copies the live disc only; moving the snapshot layers is not built yet, and a move
-                // must never lose a snapshot.
-                throw new VolumeException(VolumeException.Code.CONFLICT, "volume '" + name + "' has "
-                    + volume.layers().snapshots().size() + " snapshot(s), and a mirror does not move snapshots yet;"
-                    + " delete them (or keep the volume on this tail) before moving it");
+            final LayeredDevice layers = volume.layers();
+            if (layers == null) {
+                throw new VolumeException(VolumeException.Code.CONFLICT, "'" + name + "' is a snapshot; mirror the"
+                    + " volume");
             }
-            final Ownership owner = volumes.ownership(name);
-            final MirrorSession session = new MirrorSession(name, volume.metadata().id(), UUID.randomUUID()
-                .toString(), volume.size(), owner.epoch());
-            final MirrorConfig config = defaults.copy();
-            config.bytesPerSecond = request.bytesPerSecond();
-            if (request.convergeMillis() != null) {
-                config.convergeMillis = request.convergeMillis();
+            // The snapshot tree must stay as it is while it is copied: no snapshot taken, deleted or rolled back.
+            try {
+                layers.holdChain("being mirrored to " + request.destination());
+            } catch (final io.nbdtail.layer.SnapshotException e) {
+                throw VolumeService.snapshotError(e);
             }
-            config.validate();
-            final NbdMirrorTarget target = new NbdMirrorTarget(group(), destination, request.token(),
-                config.requestTimeoutMillis, owner.serviceAddress());
-            final MirrorJob job = new MirrorJob(volume, session, request.destination(), target, new Hooks(name),
-                config);
-            job.start();
-            jobs.put(name, job);
-            LOG.info("mirror of {} to {} started (session {})", name, request.destination(), session.sessionId());
-            return job.status();
+            boolean started = false;
+            try {
+                final SnapshotLayer.Plan plan = SnapshotLayer.plan(layers);
+                final MirrorStatus status = startJob(name, request, destination, volume, plan);
+                started = true;
+                jobs.get(name).done().whenComplete((s, e) -> {
+                    // A moved volume is fenced for good; its chain stays held.
+                    if (s == null || !s.state().equals("moved")) {
+                        layers.releaseChain();
+                    }
+                });
+                return status;
+            } finally {
+                if (!started) {
+                    layers.releaseChain();
+                }
+            }
         }
+    }
+
+    private MirrorStatus startJob(final String name, final Request request, final InetSocketAddress destination,
+                                  final Volume volume, final SnapshotLayer.Plan plan) throws Exception {
+        final Ownership owner = volumes.ownership(name);
+        final MirrorSession session = new MirrorSession(name, volume.metadata().id(), UUID.randomUUID()
+            .toString(), volume.size(), owner.epoch(), plan.snapshots(), plan.topParent());
+        final MirrorConfig config = defaults.copy();
+        config.bytesPerSecond = request.bytesPerSecond();
+        if (request.convergeMillis() != null) {
+            config.convergeMillis = request.convergeMillis();
+        }
+        config.validate();
+        final NbdMirrorTarget target = new NbdMirrorTarget(group(), destination, request.token(),
+            config.requestTimeoutMillis, owner.serviceAddress());
+        final MirrorJob job = new MirrorJob(volume, session, request.destination(), target, new Hooks(name),
+            config);
+        job.start();
+        jobs.put(name, job);
+        LOG.info("mirror of {} to {} started (session {})", name, request.destination(), session.sessionId());
+        return job.status();
     }
 
     private static InetSocketAddress parseAddress(final String address) {

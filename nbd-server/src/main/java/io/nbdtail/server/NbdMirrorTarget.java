@@ -8,6 +8,7 @@ import io.nbdtail.nbd.client.NbdClientException;
 import io.nbdtail.replication.MirrorRefusedException;
 import io.nbdtail.replication.MirrorSession;
 import io.nbdtail.replication.MirrorTarget;
+import io.nbdtail.replication.SnapshotLayer;
 import io.nbdtail.volume.VolumeService;
 import io.netty.buffer.Unpooled;
 import io.netty.channel.EventLoopGroup;
@@ -15,6 +16,7 @@ import io.netty.channel.EventLoopGroup;
 import java.io.IOException;
 import java.net.InetSocketAddress;
 import java.nio.ByteBuffer;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
 
@@ -54,6 +56,11 @@ final class NbdMirrorTarget implements MirrorTarget {
         if (serviceAddress != null && op.equals("hello")) {
             node.put("serviceAddress", serviceAddress);
         }
+        if (session.layered() && (op.equals("hello") || op.equals("commit"))) {
+            // The whole tree, so the destination can check what it built before it takes the volume.
+            node.set("snapshots", json.valueToTree(session.snapshots()));
+            node.put("topParent", session.topParent());
+        }
         return node;
     }
 
@@ -73,9 +80,14 @@ final class NbdMirrorTarget implements MirrorTarget {
 
     private JsonNode ask(final String op, final MirrorSession session, final long epoch)
         throws IOException, InterruptedException {
+        return ask(request(op, session, epoch));
+    }
+
+    private JsonNode ask(final ObjectNode request) throws IOException, InterruptedException {
+        final String op = request.path("op").asText();
         final NbdClient client;
         try {
-            client = NbdClient.connect(group, address, options(request(op, session, epoch), true));
+            client = NbdClient.connect(group, address, options(request, true));
         } catch (final NbdClientException e) {
             throw translate(e);
         }
@@ -105,6 +117,10 @@ final class NbdMirrorTarget implements MirrorTarget {
         }
         final boolean resumable = hello.path("resumable").asBoolean();
         final boolean empty = hello.path("empty").asBoolean();
+        final List<SnapshotLayer> sealed = new ArrayList<>();
+        for (final JsonNode s : hello.path("snapshots")) {
+            sealed.add(json.treeToValue(s, SnapshotLayer.class));
+        }
         return new Connection() {
             @Override
             public boolean resumable() {
@@ -114,6 +130,11 @@ final class NbdMirrorTarget implements MirrorTarget {
             @Override
             public boolean empty() {
                 return empty;
+            }
+
+            @Override
+            public List<SnapshotLayer> sealed() {
+                return sealed;
             }
 
             @Override
@@ -143,6 +164,25 @@ final class NbdMirrorTarget implements MirrorTarget {
         final JsonNode answer = ask("commit", session, epoch);
         if (answer.path("epoch").asLong(-1) != epoch) {
             throw new IOException("unexpected answer to the cutover: " + answer);
+        }
+    }
+
+    @Override
+    public void startLayer(final MirrorSession session, final String parent) throws IOException, InterruptedException {
+        final ObjectNode request = request("layer", session, session.epoch());
+        request.put("parent", parent);
+        if (!ask(request).path("ok").asBoolean()) {
+            throw new IOException("unexpected answer to the start of a layer on " + parent);
+        }
+    }
+
+    @Override
+    public void seal(final MirrorSession session, final SnapshotLayer snapshot)
+        throws IOException, InterruptedException {
+        final ObjectNode request = request("seal", session, session.epoch());
+        request.set("snapshot", json.valueToTree(snapshot));
+        if (!ask(request).path("ok").asBoolean()) {
+            throw new IOException("unexpected answer to the seal of snapshot " + snapshot.name());
         }
     }
 

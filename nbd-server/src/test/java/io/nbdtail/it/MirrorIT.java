@@ -117,7 +117,7 @@ class MirrorIT {
         final AtomicInteger replays = new AtomicInteger();
         final List<CompletableFuture<Long>> writers = new ArrayList<>();
         for (int w = 0; w < 4; w++) {
-            writers.add(startWriter(address, w, 4, model, stop, replays));
+            writers.add(startWriter(address, w, 4, 0, model, stop, replays));
         }
         Thread.sleep(300);
         final MirrorStatus started = source.mirrors().start("vm1", request(32L << 20));
@@ -163,7 +163,7 @@ class MirrorIT {
      * closed is sent again on a new connection to the same address until it is acknowledged.
      */
     private CompletableFuture<Long> startWriter(final String address, final int index, final int writers,
-                                                final byte[] model, final AtomicBoolean stop,
+                                                final int firstSlot, final byte[] model, final AtomicBoolean stop,
                                                 final AtomicInteger replays) {
         final String[] hostPort = address.split(":");
         final InetSocketAddress target = new InetSocketAddress(hostPort[0], Integer.parseInt(hostPort[1]));
@@ -173,8 +173,8 @@ class MirrorIT {
             NbdClient client = null;
             try {
                 while (!stop.get()) {
-                    final int slots = (int) (SIZE / 65536);
-                    final int slot = random.nextInt(slots / writers) * writers + index;
+                    final int slots = (int) (SIZE / 65536) - firstSlot;
+                    final int slot = firstSlot + random.nextInt(slots / writers) * writers + index;
                     final byte[] data = new byte[4096 * (1 + random.nextInt(16))];
                     random.nextBytes(data);
                     final long offset = slot * 65536L;
@@ -257,27 +257,230 @@ class MirrorIT {
         }).hasMessageContaining("not available");
     }
 
-    /** Moving snapshot layers is not built yet: a mirror must never silently leave a volume's snapshots behind. */
+    /** While a mirror copies the snapshot tree, nothing may change it: create, delete and rollback are refused. */
     @Test
-    void shouldRefuseToMoveSnapshotsAndToChangeTheChainWhileMirroring() throws Exception {
-        source.volumes().create("withsnap", SIZE, null, "", false);
-        source.volumes().createSnapshot("withsnap", "s1");
-        destination.mirrors().receive("withsnap", SIZE, TOKEN, null);
-        assertThatThrownBy(() -> source.mirrors().start("withsnap", request(0))).hasMessageContaining("snapshot");
-        assertThat(source.volumes().export("withsnap").volume().writeObserver()).isNull();
-
+    void shouldRefuseToChangeTheSnapshotsWhileMirroring() throws Exception {
         source.volumes().create("busy", SIZE, null, "", false);
         final byte[] data = new byte[32 << 20];
         new Random(3).nextBytes(data);
         source.volumes().export("busy").volume().write(ByteBuffer.wrap(data), 0);
+        source.volumes().createSnapshot("busy", "before");
         destination.mirrors().receive("busy", SIZE, TOKEN, null);
         source.mirrors().start("busy", request(4L << 20));
         final MirrorJob job = source.mirrors().job("busy");
         assertThatThrownBy(() -> source.volumes().createSnapshot("busy", "x")).hasMessageContaining("being mirrored");
+        assertThatThrownBy(() -> source.volumes().requireSnapshot("busy", "before"))
+            .hasMessageContaining("being mirrored");
+        assertThatThrownBy(() -> source.volumes().deleteSnapshot("busy", "before"))
+            .hasMessageContaining("being mirrored");
+        assertThatThrownBy(() -> source.volumes().rollback("busy", "before")).hasMessageContaining("being mirrored");
+        // The layers refuse too, whoever asks.
+        assertThatThrownBy(() -> source.volumes().export("busy").volume().layers().deleteSnapshot("before"))
+            .hasMessageContaining("being mirrored");
         assertThat(job.abort()).isTrue();
         assertThat(await(job).state()).isEqualTo("aborted");
         source.volumes().createSnapshot("busy", "x");
-        assertThat(source.volumes().snapshots("busy")).hasSize(1);
+        assertThat(source.volumes().snapshots("busy")).hasSize(2);
+    }
+
+    /**
+     * Below 32 MiB: s0 (the base: 8 MiB of data) &lt;- s1 (4 MiB of data, and 2 MiB zeroed over s0's data) &lt;- s2
+     * (2 MiB); after a rollback to s1, s3 (2 MiB) on a side branch; the live disc rests on s3 and holds 1 MiB.
+     */
+    private void buildTree(final String name) throws Exception {
+        final io.nbdtail.volume.Volume volume = source.volumes().export(name).volume();
+        final Random random = new Random(40);
+        final java.util.function.BiConsumer<Long, Integer> write = (offset, length) -> {
+            final byte[] data = new byte[length];
+            random.nextBytes(data);
+            try {
+                volume.write(ByteBuffer.wrap(data), offset);
+            } catch (final IOException e) {
+                throw new IllegalStateException(e);
+            }
+        };
+        write.accept(0L, 8 << 20);
+        source.volumes().createSnapshot(name, "s0");
+        write.accept(8L << 20, 4 << 20);
+        volume.writeZeroes(0, 2 << 20, true, false);
+        source.volumes().createSnapshot(name, "s1");
+        write.accept(16L << 20, 2 << 20);
+        source.volumes().createSnapshot(name, "s2");
+        source.volumes().rollback(name, "s1");
+        write.accept(20L << 20, 2 << 20);
+        source.volumes().createSnapshot(name, "s3");
+        write.accept(24L << 20, 1 << 20);
+    }
+
+    private static byte[] read(final io.nbdtail.storage.BlockDevice device) throws IOException {
+        final ByteBuffer buffer = ByteBuffer.allocateDirect((int) SIZE);
+        device.read(buffer, 0);
+        final byte[] out = new byte[(int) SIZE];
+        buffer.flip().get(out);
+        return out;
+    }
+
+    private static List<String> depthMap(final io.nbdtail.volume.Volume volume, final long length) throws IOException {
+        final List<String> extents = new ArrayList<>();
+        long pos = 0;
+        while (pos < length) {
+            final long[] walked = {0};
+            volume.depth(pos, length - pos, (len, depth) -> {
+                extents.add(len + "@" + depth);
+                walked[0] += len;
+            }, 1024);
+            pos += Math.max(walked[0], 1);
+        }
+        return extents;
+    }
+
+    /**
+     * Every snapshot arrived with its name, parent and creation time, reads byte for byte as at the source, and
+     * holds the same clusters (its own layer, not data copied up); the part of the live disc no writer touched has
+     * the same allocation depth on both.
+     */
+    private void assertSameSnapshots(final String name) throws Exception {
+        final List<io.nbdtail.layer.LayeredDevice.SnapshotInfo> here = source.volumes().snapshots(name);
+        final List<io.nbdtail.layer.LayeredDevice.SnapshotInfo> there = destination.volumes().snapshots(name);
+        assertThat(there).extracting(i -> i.name() + " on " + i.parent() + " at " + i.created() + " holding "
+            + i.ownedBytes() + (i.inLiveChain() ? " live" : "")).containsExactlyInAnyOrderElementsOf(
+            here.stream().map(i -> i.name() + " on " + i.parent() + " at " + i.created() + " holding "
+                + i.ownedBytes() + (i.inLiveChain() ? " live" : "")).toList());
+        assertThat(here).extracting(io.nbdtail.layer.LayeredDevice.SnapshotInfo::name)
+            .containsExactlyInAnyOrder("s0", "s1", "s2", "s3");
+        for (final io.nbdtail.layer.LayeredDevice.SnapshotInfo info : here) {
+            try (io.nbdtail.storage.BlockDevice a = source.volumes().export(name).volume().layers()
+                     .snapshotView(info.name());
+                 io.nbdtail.storage.BlockDevice b = destination.volumes().export(name).volume().layers()
+                     .snapshotView(info.name())) {
+                assertThat(Arrays.equals(read(a), read(b))).as("snapshot %s byte for byte", info.name()).isTrue();
+            }
+        }
+        assertThat(depthMap(destination.volumes().export(name).volume(), 32L << 20))
+            .isEqualTo(depthMap(source.volumes().export(name).volume(), 32L << 20));
+    }
+
+    @Test
+    void shouldMoveASnapshotTreeUnderWritersAndRebuildItOnTheDestination() throws Exception {
+        source.volumes().create("tree", SIZE, null, "", false);
+        buildTree("tree");
+        final byte[] model = read(source.volumes().export("tree").volume().device());
+        final String address = "127.0.0.10:" + freePort("127.0.0.10");
+        source.addresses().set("tree", address);
+        destination.mirrors().receive("tree", SIZE, TOKEN, null);
+
+        final AtomicBoolean stop = new AtomicBoolean();
+        final AtomicInteger replays = new AtomicInteger();
+        final List<CompletableFuture<Long>> writers = new ArrayList<>();
+        for (int w = 0; w < 4; w++) {
+            // Above 32 MiB only, so the lower half shows where each layer's clusters landed.
+            writers.add(startWriter(address, w, 4, 512, model, stop, replays));
+        }
+        Thread.sleep(300);
+        source.mirrors().start("tree", request(16L << 20));
+        final MirrorStatus done = await(source.mirrors().job("tree"));
+        assertThat(done.state()).as("final status %s", done).isEqualTo("moved");
+        Thread.sleep(500);
+        stop.set(true);
+        long acked = 0;
+        for (final CompletableFuture<Long> writer : writers) {
+            acked += writer.get(60, TimeUnit.SECONDS);
+        }
+        assertThat(acked).isGreaterThan(0);
+        assertThat(destination.volumes().ownership("tree").state()).isEqualTo(Ownership.SERVING);
+        assertThat(Arrays.equals(read(destination.volumes().export("tree").volume().device()), model))
+            .as("live disc equals every acknowledged write (%d writes, %d replays)", acked, replays.get()).isTrue();
+        assertSameSnapshots("tree");
+        // The destination's chain is as the source's: the live disc on s3, on s1, on s0.
+        assertThat(destination.volumes().export("tree").volume().layers().dirtyBitmaps())
+            .containsExactly("s0", "s1", "s3");
+    }
+
+    @Test
+    void shouldStartALayerOverAfterTheLinkBreaksInItAndSkipTheSealedOnes() throws Exception {
+        source.volumes().create("tl", SIZE, null, "", false);
+        buildTree("tl");
+        final byte[] model = read(source.volumes().export("tl").volume().device());
+        destination.mirrors().receive("tl", SIZE, TOKEN, null);
+        try (FaultyRelay relay = new FaultyRelay(new InetSocketAddress("127.0.0.1", destinationPort))) {
+            source.mirrors().start("tl", new MirrorService.Request("127.0.0.1:" + relay.port(), TOKEN, 8L << 20,
+                null));
+            final MirrorJob job = source.mirrors().job("tl");
+            // s0 (8 MiB at 8 MiB/s) is sealed; s1 is on its way.
+            while (destination.volumes().snapshots("tl").isEmpty()) {
+                Thread.sleep(10);
+            }
+            Thread.sleep(200);
+            assertThat(destination.volumes().snapshots("tl")).hasSize(1);
+            relay.cut();
+            while (job.status().attempts() < 1) {
+                Thread.sleep(10);
+            }
+            job.rateLimit(0);
+            final MirrorStatus done = await(job);
+            assertThat(done.state()).as("final status %s", done).isEqualTo("moved");
+            assertThat(done.attempts()).isGreaterThanOrEqualTo(1);
+            // The layers and the live disc hold 8 + (4 + 2 zeroed) + 2 + 2 + 1 MiB. s1 may have crossed twice, s0
+            // must not have (that would be 27 MiB at least).
+            assertThat(done.bytesCopied()).isLessThanOrEqualTo((8L + 2 * (4 + 2) + 2 + 2 + 1) << 20);
+        }
+        assertThat(Arrays.equals(read(destination.volumes().export("tl").volume().device()), model)).isTrue();
+        assertSameSnapshots("tl");
+    }
+
+    /** The destination restarts between layers: its sealed snapshots are on its disc, and the retry skips them. */
+    @Test
+    void shouldResumeASnapshotTreeAfterTheDestinationRestarts() throws Exception {
+        source.volumes().create("tr", SIZE, null, "", false);
+        buildTree("tr");
+        final byte[] model = read(source.volumes().export("tr").volume().device());
+        destination.mirrors().receive("tr", SIZE, TOKEN, null);
+        source.mirrors().start("tr", request(8L << 20));
+        final MirrorJob job = source.mirrors().job("tr");
+        while (destination.volumes().snapshots("tr").isEmpty()) {
+            Thread.sleep(10);
+        }
+        destination.close();
+        destination = null;
+        while (job.status().attempts() == 0) {
+            Thread.sleep(20);
+        }
+        destination = tail("destination");
+        destination.listen("127.0.0.1", destinationPort);
+        assertThat(destination.volumes().snapshots("tr")).extracting(i -> i.name()).contains("s0");
+        job.rateLimit(0);
+        final MirrorStatus done = await(job);
+        assertThat(done.state()).as("final status %s", done).isEqualTo("moved");
+        assertThat(done.bytesCopied()).as("s0 not sent again").isLessThanOrEqualTo((8L + 2 * (4 + 2) + 2 + 2 + 1) << 20);
+        assertThat(Arrays.equals(read(destination.volumes().export("tr").volume().device()), model)).isTrue();
+        assertSameSnapshots("tr");
+    }
+
+    /** A destination whose snapshot tree is not the one the source declared refuses the cutover. */
+    @Test
+    void shouldRefuseTheCutoverWhenTheDestinationsTreeDiffers() throws Exception {
+        source.volumes().create("td", SIZE, null, "", false);
+        buildTree("td");
+        final byte[] live = new byte[16 << 20];
+        new Random(41).nextBytes(live);
+        source.volumes().export("td").volume().write(ByteBuffer.wrap(live), 32L << 20);
+        destination.mirrors().receive("td", SIZE, TOKEN, null);
+        source.mirrors().start("td", request(4L << 20));
+        final MirrorJob job = source.mirrors().job("td");
+        // All four snapshots sealed: the live disc is on its way. Somebody takes a snapshot at the destination.
+        while (destination.volumes().snapshots("td").size() < 4) {
+            Thread.sleep(10);
+        }
+        destination.volumes().export("td").volume().layers().createSnapshot("intruder", java.time.Instant.now());
+        job.rateLimit(0);
+        final MirrorStatus done = await(job);
+        assertThat(done.state()).isEqualTo("failed");
+        assertThat(done.lastError()).contains("not the source's");
+        assertThat(source.volumes().ownership("td").state()).isEqualTo(Ownership.SERVING);
+        assertThat(destination.volumes().ownership("td").state()).isEqualTo(Ownership.RECEIVING);
+        // The source serves on, and its snapshots can change again.
+        source.volumes().export("td").volume().write(ByteBuffer.wrap(new byte[] {1}), 0);
+        source.volumes().createSnapshot("td", "after");
     }
 
     @Test

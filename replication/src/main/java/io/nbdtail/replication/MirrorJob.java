@@ -1,5 +1,7 @@
 package io.nbdtail.replication;
 
+import io.nbdtail.layer.LayeredDevice;
+import io.nbdtail.storage.BlockDevice;
 import io.nbdtail.storage.ExtentSink;
 import io.nbdtail.storage.StorageException;
 import io.nbdtail.volume.Volume;
@@ -10,7 +12,9 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.time.Instant;
 import java.util.ArrayList;
+import java.util.HashSet;
 import java.util.List;
+import java.util.Set;
 import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionException;
@@ -36,6 +40,13 @@ import java.util.concurrent.atomic.AtomicReference;
  *
  * <p>After each pass the destination is flushed; what was written since the last successful flush is remembered,
  * so a reconnect to a destination that still holds this session's copy resends only that plus what is dirty.
+ *
+ * <p>A volume with snapshots is copied by replaying its snapshot tree on the destination (see
+ * {@link SnapshotLayer#plan}): for each snapshot, parent first, the destination gets a fresh active layer on the
+ * parent, the source sends only the clusters the snapshot's own layer holds, and the destination seals it as
+ * that snapshot. Then the live disc: a fresh layer on the active layer's parent, and the passes above, limited to
+ * what the active layer holds. Frozen layers never change, so each is copied once; one cut short by a failure is
+ * started over, the sealed ones are skipped.
  */
 public final class MirrorJob {
     private static final Logger LOG = LoggerFactory.getLogger(MirrorJob.class);
@@ -74,6 +85,18 @@ public final class MirrorJob {
     private volatile Thread thread;
     private MirrorTarget.Connection connection;
     private boolean firstPass = true;
+    /** The source's layers when snapshots travel too, else {@code null}. */
+    private final LayeredDevice layers;
+    /** What the passes copy: the live disc. */
+    private final Source live;
+    /** What is being copied now: {@link #live}, or one frozen snapshot layer. */
+    private volatile Source source;
+    /** Snapshots the destination has sealed for this session. */
+    private final Set<String> sealed = new HashSet<>();
+    /** Whether the destination's active layer is this session's copy of the live disc (snapshots only). */
+    private boolean topStarted;
+    /** Whether the destination had never been written when this session first reached it. */
+    private boolean destinationEmpty;
 
     public MirrorJob(final Volume volume, final MirrorSession session, final String destination,
                      final MirrorTarget target, final CutoverHooks hooks, final MirrorConfig config) {
@@ -92,6 +115,41 @@ public final class MirrorJob {
         for (int i = 0; i < config.maxInFlight; i++) {
             buffers.add(ByteBuffer.allocateDirect(config.maxRequest));
         }
+        this.layers = session.layered() ? volume.layers() : null;
+        if (session.layered() && layers == null) {
+            throw new IllegalArgumentException("session of " + session.volume() + " names snapshots but the volume"
+                + " has no layers");
+        }
+        this.live = layers == null
+            ? new Source(volume::allocation, volume::read, true, false, 1)
+            : new Source((offset, length, sink, max) -> layers.owned(null, offset, length, sink, max), volume::read,
+                true, false, layers.clusterSize());
+        this.source = live;
+    }
+
+    /**
+     * What one phase copies.
+     *
+     * @param extents   describes a range: data, zeros, {@code HOLE | ZERO} (reads as zeros, nothing there) and,
+     *                  for a layer, {@code HOLE} alone (held below: nothing to send).
+     * @param reader    reads the bytes to send.
+     * @param tracked   the live disc: ranges not sent or failed go back into the dirty map, sent ones into the
+     *                  unflushed map; a frozen layer cut short is copied again whole instead.
+     * @param skipHoles a frozen layer: {@code HOLE | ZERO} ranges need not be zeroed (the destination is empty).
+     * @param alignment runs are widened to this (a layer's cluster), so a cluster is never split between requests
+     *                  that would each copy it on write at the destination.
+     */
+    private record Source(Extents extents, Reader reader, boolean tracked, boolean skipHoles, int alignment) {
+    }
+
+    @FunctionalInterface
+    private interface Extents {
+        long describe(long offset, long length, ExtentSink sink, int maxExtents) throws IOException;
+    }
+
+    @FunctionalInterface
+    private interface Reader {
+        void read(ByteBuffer buffer, long offset) throws StorageException;
     }
 
     /**
@@ -101,7 +159,12 @@ public final class MirrorJob {
      * @throws IOException            if it could not be reached; both are final, nothing was changed.
      */
     public void start() throws IOException, InterruptedException {
-        dirty.markAll();
+        if (layers == null) {
+            dirty.markAll();
+        } else {
+            // The live phase marks what the active layer holds when it starts; until then only guest writes count.
+            dirty.clear();
+        }
         volume.writeObserver(gate);
         try {
             connection = target.connect(session);
@@ -110,11 +173,12 @@ public final class MirrorJob {
             finish("failed", e.getMessage());
             throw e;
         }
-        if (connection.resumable()) {
+        if (connection.resumable() && layers == null) {
             // Same session after a restart of the job on this server is impossible (the session is new), so a
             // resumable answer here means the destination is confused; start over to be safe.
             dirty.markAll();
         }
+        destinationEmpty = connection.empty();
         firstPass = true;
         final Thread t = Thread.ofPlatform().name("mirror-" + session.volume()).daemon().unstarted(this::run);
         thread = t;
@@ -190,17 +254,29 @@ public final class MirrorJob {
                     if (connection == null) {
                         state = "connecting";
                         connection = target.connect(session);
+                        sealed.clear();
                         if (connection.resumable()) {
                             dirty.addAll(unflushed);
+                            for (final SnapshotLayer s : connection.sealed()) {
+                                sealed.add(checkSealed(s));
+                            }
                             LOG.info("mirror {}: destination holds the copy of session {}; resuming with {} bytes"
-                                + " dirty", session.volume(), session.sessionId(), dirty.dirtyBytes());
+                                + " dirty{}", session.volume(), session.sessionId(), dirty.dirtyBytes(),
+                                layers == null ? "" : " and snapshots " + sealed + " sealed");
                         } else {
                             LOG.info("mirror {}: destination does not hold this session's copy; starting over",
                                 session.volume());
-                            dirty.markAll();
+                            if (layers == null) {
+                                dirty.markAll();
+                            }
+                            topStarted = false;
+                            destinationEmpty = connection.empty();
                             firstPass = true;
                         }
                         unflushed.clear();
+                    }
+                    if (layers != null) {
+                        copySnapshots();
                     }
                     if (copyUntilMoved()) {
                         finish("moved", null);
@@ -280,6 +356,86 @@ public final class MirrorJob {
             Thread.currentThread().interrupt();
         }
         attemptError.set(null);
+    }
+
+    // ------------------------------------------------------------------------------------------- snapshots
+
+    /** A snapshot the destination says it sealed must be the source's, with the same parent and time. */
+    private String checkSealed(final SnapshotLayer there) throws MirrorRefusedException {
+        for (final SnapshotLayer here : session.snapshots()) {
+            if (here.name().equals(there.name())) {
+                if (java.util.Objects.equals(here.parent(), there.parent()) && here.created().equals(there.created())) {
+                    return here.name();
+                }
+                break;
+            }
+        }
+        throw new MirrorRefusedException("the destination holds snapshot '" + there.name() + "' (parent "
+            + there.parent() + ", created " + there.created() + "), which is not the source's; delete the volume"
+            + " there, receive it again and start a new mirror");
+    }
+
+    /**
+     * Copies every snapshot the destination has not sealed yet, parents first, then gives the destination a
+     * fresh active layer for the live disc (unless it already holds this session's copy of it).
+     */
+    private void copySnapshots() throws IOException, InterruptedException {
+        for (final SnapshotLayer snapshot : session.snapshots()) {
+            if (!sealed.contains(snapshot.name())) {
+                topStarted = false;
+                copySnapshot(snapshot);
+            }
+        }
+        if (!topStarted) {
+            target.startLayer(session, session.topParent());
+            // Everything the active layer holds differs from its parent; guest writes since tracking started are
+            // in the dirty map already (and are in clusters the active layer holds).
+            long pos = 0;
+            while (pos < session.size()) {
+                final long at = pos;
+                final long[] walked = {0};
+                layers.owned(null, at, session.size() - at, (length, flags) -> {
+                    if (flags != ExtentSink.HOLE) {
+                        dirty.mark(at + walked[0], length);
+                    }
+                    walked[0] += length;
+                }, 1024);
+                pos = at + Math.max(walked[0], 1);
+            }
+            unflushed.clear();
+            topStarted = true;
+            LOG.info("mirror {}: snapshots sealed at the destination; copying the live disc ({} bytes held by its"
+                + " active layer or written since)", session.volume(), dirty.dirtyBytes());
+        }
+    }
+
+    /** One frozen layer, whole; a failure leaves it for the next attempt to copy again from the start. */
+    private void copySnapshot(final SnapshotLayer snapshot) throws IOException, InterruptedException {
+        state = "copying";
+        target.startLayer(session, snapshot.parent());
+        LOG.info("mirror {}: copying snapshot {} (on {})", session.volume(), snapshot.name(),
+            snapshot.parent() == null ? "nothing" : snapshot.parent());
+        try (BlockDevice view = layers.snapshotView(snapshot.name())) {
+            source = new Source((offset, length, sink, max) -> layers.owned(snapshot.name(), offset, length, sink,
+                max), view::read, false, destinationEmpty, layers.clusterSize());
+            try {
+                for (long pos = 0; pos < session.size(); pos += config.maxRun) {
+                    checkAttempt();
+                    if (abortRequested) {
+                        throw new InterruptedException();
+                    }
+                    sendRun(pos, Math.min(config.maxRun, session.size() - pos), true);
+                }
+            } finally {
+                awaitInFlight();
+                source = live;
+            }
+        }
+        checkAttempt();
+        flush();
+        target.seal(session, snapshot);
+        sealed.add(snapshot.name());
+        LOG.info("mirror {}: snapshot {} sealed at the destination", session.volume(), snapshot.name());
     }
 
     /** Copy passes until converged, then the cutover; returns true once moved. */
@@ -363,9 +519,13 @@ public final class MirrorJob {
         inFlight.release(config.maxInFlight);
     }
 
-    private void sendRun(final long offset, final long length, final boolean limited)
+    private void sendRun(final long runOffset, final long runLength, final boolean limited)
         throws IOException, InterruptedException {
-        final long end = offset + length;
+        final Source src = source;
+        final long offset = runOffset / src.alignment() * src.alignment();
+        final long end = Math.min(session.size(), (runOffset + runLength + src.alignment() - 1) / src.alignment()
+            * src.alignment());
+        final boolean skipHoles = src == live ? firstPass && connection.empty() : src.skipHoles();
         long pos = offset;
         try {
             while (pos < end) {
@@ -374,35 +534,37 @@ public final class MirrorJob {
                 final long described;
                 try {
                     final long[] at = {pos};
-                    described = volume.allocation(pos, end - pos, (len, flags) -> {
+                    described = src.extents().describe(pos, end - pos, (len, flags) -> {
                         extents.add(new long[] {at[0], len, flags});
                         at[0] += len;
                     }, 64);
-                } catch (final StorageException e) {
+                } catch (final IOException e) {
                     throw new SourceReadException("cannot read the allocation of " + session.volume() + " at " + pos
                         + ": " + e.getMessage(), e);
                 }
                 for (final long[] extent : extents) {
-                    if ((extent[2] & ExtentSink.ZERO) != 0) {
-                        if (!(firstPass && connection.empty() && (extent[2] & ExtentSink.HOLE) != 0)) {
-                            sendZero(extent[0], extent[1]);
+                    if (layers != null && extent[2] == ExtentSink.HOLE) {
+                        // held by a layer below, which the destination has already
+                    } else if ((extent[2] & ExtentSink.ZERO) != 0) {
+                        if (!(skipHoles && (extent[2] & ExtentSink.HOLE) != 0)) {
+                            sendZero(src, extent[0], extent[1]);
                         }
                     } else {
-                        sendData(extent[0], extent[1], limited);
+                        sendData(src, extent[0], extent[1], limited);
                     }
                     pos = extent[0] + extent[1];
                 }
                 pos = base + described;
             }
         } finally {
-            if (pos < end) {
+            if (pos < end && src.tracked()) {
                 // Not sent (failure, abort): dirty again, so nothing claimed is ever forgotten.
                 dirty.mark(pos, end - pos);
             }
         }
     }
 
-    private void sendZero(final long offset, final long length) throws InterruptedException {
+    private void sendZero(final Source src, final long offset, final long length) throws InterruptedException {
         long pos = offset;
         final long end = offset + length;
         while (pos < end) {
@@ -416,12 +578,12 @@ public final class MirrorJob {
                 inFlight.release();
                 throw e;
             }
-            f.whenComplete((v, e) -> completed(at, len, e, null));
+            f.whenComplete((v, e) -> completed(src, at, len, e, null));
             pos += len;
         }
     }
 
-    private void sendData(final long offset, final long length, final boolean limited)
+    private void sendData(final Source src, final long offset, final long length, final boolean limited)
         throws IOException, InterruptedException {
         long pos = offset;
         final long end = offset + length;
@@ -438,17 +600,20 @@ public final class MirrorJob {
             final long at = pos;
             // Reads run in parallel (the in-flight permits and the buffer pool bound them), so one slow pread
             // does not stall the pipe.
-            readers.execute(() -> readAndSend(c, at, len, buffer));
+            readers.execute(() -> readAndSend(src, c, at, len, buffer));
             pos += len;
         }
     }
 
-    private void readAndSend(final MirrorTarget.Connection c, final long at, final int len, final ByteBuffer buffer) {
+    private void readAndSend(final Source src, final MirrorTarget.Connection c, final long at, final int len,
+                             final ByteBuffer buffer) {
         buffer.clear().limit(len);
         try {
-            volume.read(buffer, at);
+            src.reader().read(buffer, at);
         } catch (final StorageException | RuntimeException e) {
-            dirty.mark(at, len);
+            if (src.tracked()) {
+                dirty.mark(at, len);
+            }
             sourceError.compareAndSet(null, new SourceReadException("cannot read " + session.volume() + " at " + at
                 + "+" + len + ": " + e.getMessage(), e));
             buffers.add(buffer);
@@ -460,19 +625,24 @@ public final class MirrorJob {
         try {
             f = c.write(at, buffer);
         } catch (final RuntimeException e) {
-            completed(at, len, e, buffer);
+            completed(src, at, len, e, buffer);
             return;
         }
-        f.whenComplete((v, e) -> completed(at, len, e, buffer));
+        f.whenComplete((v, e) -> completed(src, at, len, e, buffer));
     }
 
-    private void completed(final long offset, final long length, final Throwable error, final ByteBuffer buffer) {
+    private void completed(final Source src, final long offset, final long length, final Throwable error,
+                           final ByteBuffer buffer) {
         if (error != null) {
-            dirty.mark(offset, length);
+            if (src.tracked()) {
+                dirty.mark(offset, length);
+            }
             attemptError.compareAndSet(null, error instanceof CompletionException c
                 && c.getCause() != null ? c.getCause() : error);
         } else {
-            unflushed.mark(offset, length);
+            if (src.tracked()) {
+                unflushed.mark(offset, length);
+            }
             bytesCopied.addAndGet(length);
             meter.add(length);
         }

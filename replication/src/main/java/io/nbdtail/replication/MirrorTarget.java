@@ -2,6 +2,7 @@ package io.nbdtail.replication;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
+import java.util.List;
 import java.util.concurrent.CompletableFuture;
 
 /**
@@ -28,6 +29,20 @@ public interface MirrorTarget {
      */
     boolean resolve(MirrorSession session, long epoch) throws IOException, InterruptedException;
 
+    /**
+     * Snapshot layers: gives the destination a fresh, empty active layer on snapshot {@code parent} (a rollback to
+     * it, dropping whatever the active layer held), or, with {@code null}, checks that it has no snapshot yet (the
+     * bottom layer goes into its plain volume). Called only with nothing in flight on the data connection.
+     */
+    void startLayer(MirrorSession session, String parent) throws IOException, InterruptedException;
+
+    /**
+     * Snapshot layers: after a FLUSH, the destination checks that its active layer rests on the snapshot's parent
+     * and holds as many clusters as the source's, then takes the snapshot under its name and creation time. A
+     * second seal of a snapshot it already took (the first answer was lost) answers yes again.
+     */
+    void seal(MirrorSession session, SnapshotLayer snapshot) throws IOException, InterruptedException;
+
     /** One connection to the destination, with many requests in flight. */
     interface Connection extends AutoCloseable {
         /** The destination holds this session's earlier copy (everything flushed before is still there). */
@@ -35,6 +50,12 @@ public interface MirrorTarget {
 
         /** The destination volume was never written: holes need not be sent on the first pass. */
         boolean empty();
+
+        /**
+         * The snapshots the destination has sealed for this session, with their parents and creation times (empty
+         * unless {@link #resumable()}); the source does not send them again.
+         */
+        List<SnapshotLayer> sealed();
 
         /** Writes {@code data} (position to limit); the buffer must stay untouched until the future completes. */
         CompletableFuture<Void> write(long offset, ByteBuffer data);

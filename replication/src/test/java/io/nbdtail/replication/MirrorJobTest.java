@@ -118,6 +118,10 @@ class MirrorJobTest {
                 }
             }
         }, io);
+        // The empty volume can move within milliseconds: let the writer be under way first.
+        while (acked.isEmpty()) {
+            Thread.sleep(1);
+        }
         job.start();
         final MirrorStatus status = job.done().get(60, TimeUnit.SECONDS);
         stop.set(true);
@@ -280,6 +284,124 @@ class MirrorJobTest {
         assertThat(Arrays.equals(target.bytes, source())).isTrue();
     }
 
+    // ------------------------------------------------------------------------------------------- snapshots
+
+    private static final java.time.Instant T0 = java.time.Instant.parse("2026-01-02T03:04:05.678Z");
+
+    private static byte[] random(final int length, final int seed) {
+        final byte[] data = new byte[length];
+        new Random(seed).nextBytes(data);
+        return data;
+    }
+
+    /**
+     * A tree: s0 (the base: 4 MiB of data) <- s1 (2 MiB of data, 1 MiB zeroed over s0's data) <- s2 (1 MiB), and
+     * after a rollback to s1, s3 (1 MiB) on a side branch; the live disc rests on s3 and holds 512 KiB.
+     */
+    private void buildTree() throws Exception {
+        final io.nbdtail.layer.LayeredDevice layers = volume.layers();
+        write(0, random(4 << 20, 30));
+        layers.createSnapshot("s0", T0);
+        write(4 << 20, random(2 << 20, 31));
+        volume.writeZeroes(0, 1 << 20, true, false);
+        layers.createSnapshot("s1", T0.plusSeconds(1));
+        write(8 << 20, random(1 << 20, 32));
+        layers.createSnapshot("s2", T0.plusSeconds(2));
+        layers.rollback("s1");
+        write(10 << 20, random(1 << 20, 33));
+        layers.createSnapshot("s3", T0.plusSeconds(3));
+        write(12 << 20, random(512 << 10, 34));
+    }
+
+    private MirrorJob layeredJob(final MirrorConfig config) throws Exception {
+        final SnapshotLayer.Plan plan = SnapshotLayer.plan(volume.layers());
+        final MirrorSession session = new MirrorSession("v", volume.metadata().id(), "s1", SIZE, 0,
+            plan.snapshots(), plan.topParent());
+        return new MirrorJob(volume, session, "dest:1", target, hooks, config);
+    }
+
+    private byte[] read(final io.nbdtail.storage.BlockDevice device) throws StorageException {
+        final ByteBuffer buffer = ByteBuffer.allocateDirect(SIZE);
+        device.read(buffer, 0);
+        final byte[] out = new byte[SIZE];
+        buffer.flip().get(out);
+        return out;
+    }
+
+    private void assertSameTree() throws Exception {
+        for (final io.nbdtail.layer.LayeredDevice.SnapshotInfo info : volume.layers().snapshots()) {
+            final SnapshotLayer there = target.sealedLayers.get(info.name());
+            assertThat(there).as("snapshot %s at the destination", info.name()).isNotNull();
+            assertThat(there.parent()).isEqualTo(info.parent());
+            assertThat(there.created()).isEqualTo(info.created().toString());
+            try (io.nbdtail.storage.BlockDevice view = volume.layers().snapshotView(info.name())) {
+                assertThat(Arrays.equals(target.sealedBytes.get(info.name()), read(view)))
+                    .as("snapshot %s byte for byte", info.name()).isTrue();
+            }
+        }
+        assertThat(target.sealedLayers.keySet()).containsExactlyInAnyOrder("s0", "s1", "s2", "s3");
+        assertThat(target.activeParent).isEqualTo("s3");
+        assertThat(Arrays.equals(target.bytes, read(volume.device()))).as("live disc").isTrue();
+    }
+
+    @Test
+    void shouldReplayTheSnapshotTreeSendingOnlyWhatEachLayerHolds() throws Exception {
+        buildTree();
+        final SnapshotLayer.Plan plan = SnapshotLayer.plan(volume.layers());
+        assertThat(plan.snapshots()).extracting(SnapshotLayer::name).containsExactly("s0", "s1", "s2", "s3");
+        assertThat(plan.snapshots().get(1).dataClusters()).isEqualTo(32); // 2 MiB in 64 KiB clusters
+        assertThat(plan.snapshots().get(1).zeroClusters()).isEqualTo(16);
+        assertThat(plan.topParent()).isEqualTo("s3");
+        final MirrorJob job = layeredJob(fast());
+        job.start();
+        assertThat(job.done().get(30, TimeUnit.SECONDS).state()).isEqualTo("moved");
+        assertSameTree();
+        assertThat(target.layerEvents).containsExactly("layer null", "seal s0", "layer s0", "seal s1", "layer s1",
+            "seal s2", "layer s1", "seal s3", "layer s3");
+        // Each layer's own clusters crossed once: no layer's data was sent again above it.
+        assertThat(target.written.get()).isEqualTo((4 << 20) + (2 << 20) + (1 << 20) + (1 << 20) + (512 << 10));
+        // The zero markers of s1 travelled (they hide s0's data); the holes of the empty destination did not.
+        assertThat(target.zeroed.get()).isEqualTo(1 << 20);
+    }
+
+    @Test
+    void shouldStartACutLayerOverSkipTheSealedOnesAndKeepEveryWrite() throws Exception {
+        buildTree();
+        // The link fails in s1, after all of s0 (4 MiB) and 1 MiB of s1.
+        target.failAfterBytes.set(5 << 20);
+        final MirrorConfig config = fast();
+        config.bytesPerSecond = 16L << 20;
+        final MirrorJob job = layeredJob(config);
+        final AtomicBoolean stop = new AtomicBoolean();
+        final CompletableFuture<Void> writer = CompletableFuture.runAsync(() -> {
+            final Random random = new Random(35);
+            while (!stop.get()) {
+                final byte[] block = random(4096 * (1 + random.nextInt(16)), random.nextInt());
+                final long offset = 4096L * random.nextInt((SIZE - block.length) / 4096);
+                try {
+                    if (random.nextInt(8) == 0) {
+                        volume.writeZeroes(offset, block.length, true, false);
+                    } else {
+                        write(offset, block);
+                    }
+                } catch (final StorageException e) {
+                    return; // moved
+                }
+            }
+        }, io);
+        job.start();
+        final MirrorStatus status = job.done().get(60, TimeUnit.SECONDS);
+        stop.set(true);
+        writer.get(10, TimeUnit.SECONDS);
+        assertThat(status.state()).isEqualTo("moved");
+        assertThat(status.attempts()).isEqualTo(1);
+        assertThat(target.connects.get()).isEqualTo(2);
+        // s0 was sealed before the failure and not sent again; s1 started over on s0.
+        assertThat(target.layerEvents).containsSubsequence("seal s0", "layer s0", "layer s0", "seal s1");
+        assertThat(target.layerEvents.stream().filter("seal s0"::equals)).hasSize(1);
+        assertSameTree();
+    }
+
     @Test
     void dirtyMapShouldClaimRunsAndCountChunks() {
         final DirtyMap map = new DirtyMap(1 << 20, 4096);
@@ -309,6 +431,38 @@ class MirrorJobTest {
         volatile boolean resolveAnswer;
         String session;
         boolean everWritten;
+        /** Snapshot layers: what each sealed snapshot reads as, its record, and what the active layer rests on. */
+        final java.util.Map<String, byte[]> sealedBytes = new java.util.HashMap<>();
+        final java.util.Map<String, SnapshotLayer> sealedLayers = new java.util.LinkedHashMap<>();
+        final List<String> layerEvents = Collections.synchronizedList(new ArrayList<>());
+        String activeParent;
+
+        @Override
+        public synchronized void startLayer(final MirrorSession s, final String parent) throws IOException {
+            if (parent == null) {
+                if (!sealedLayers.isEmpty()) {
+                    throw new MirrorRefusedException("snapshots here already");
+                }
+            } else {
+                if (!sealedLayers.containsKey(parent)) {
+                    throw new MirrorRefusedException("no snapshot " + parent);
+                }
+                System.arraycopy(sealedBytes.get(parent), 0, bytes, 0, SIZE);
+            }
+            activeParent = parent;
+            layerEvents.add("layer " + parent);
+        }
+
+        @Override
+        public synchronized void seal(final MirrorSession s, final SnapshotLayer snapshot) throws IOException {
+            if (!java.util.Objects.equals(activeParent, snapshot.parent())) {
+                throw new MirrorRefusedException("layer rests on " + activeParent);
+            }
+            sealedBytes.put(snapshot.name(), bytes.clone());
+            sealedLayers.put(snapshot.name(), snapshot);
+            activeParent = snapshot.name();
+            layerEvents.add("seal " + snapshot.name());
+        }
 
         @Override
         public synchronized Connection connect(final MirrorSession s) throws IOException {
@@ -319,7 +473,10 @@ class MirrorJobTest {
             final boolean resumable = s.sessionId().equals(session) && !forgetOnReconnect;
             if (forgetOnReconnect && session != null) {
                 Arrays.fill(bytes, (byte) 0x77);
+                sealedBytes.clear();
+                sealedLayers.clear();
             }
+            final List<SnapshotLayer> sealed = resumable ? List.copyOf(sealedLayers.values()) : List.of();
             final boolean empty = !everWritten && !forgetOnReconnect;
             session = s.sessionId();
             return new Connection() {
@@ -333,6 +490,11 @@ class MirrorJobTest {
                 @Override
                 public boolean empty() {
                     return empty;
+                }
+
+                @Override
+                public List<SnapshotLayer> sealed() {
+                    return sealed;
                 }
 
                 @Override

@@ -77,6 +77,8 @@ public final class LayeredDevice implements LayeredBlockDevice {
     private volatile boolean closed;
     /** Set when a manifest write failed half-way: the disc may hold either manifest, so nothing more is written. */
     private volatile StorageException broken;
+    /** Why the chain may not change now (a mirror is copying it), or {@code null}; see {@link #holdChain}. */
+    private volatile String chainHeld;
 
     private LayeredDevice(final Path dir, final UUID volumeId, final NativeIo nativeIo, final boolean readOnly,
                           final BlockDevice baseDevice, final Path basePath, final long size, final int clusterSize) {
@@ -646,6 +648,7 @@ public final class LayeredDevice implements LayeredBlockDevice {
         acquireOperation();
         try {
             checkWritable();
+            checkChainNotHeld("take snapshot '" + name + "' of");
             final Manifest before = manifest;
             if (before != null && before.snapshot(name) != null) {
                 throw new SnapshotException(SnapshotException.Code.ALREADY_EXISTS, "snapshot '" + name
@@ -707,6 +710,7 @@ public final class LayeredDevice implements LayeredBlockDevice {
         acquireOperation();
         try {
             checkWritable();
+            checkChainNotHeld("roll back");
             final Manifest before = requireManifest(name);
             final Manifest.LayerRecord target = before.snapshot(name);
             if (target == null) {
@@ -754,6 +758,7 @@ public final class LayeredDevice implements LayeredBlockDevice {
         acquireOperation();
         try {
             checkWritable();
+            checkChainNotHeld("delete snapshot '" + name + "' of");
             final Manifest before = requireManifest(name);
             final Manifest.LayerRecord doomed = before.snapshot(name);
             if (doomed == null) {
@@ -999,6 +1004,102 @@ public final class LayeredDevice implements LayeredBlockDevice {
         } finally {
             gate.unlockRead(stamp);
         }
+    }
+
+    // ------------------------------------------------------------------------------------------------ mirroring
+
+    /**
+     * Keeps the chain as it is until {@link #releaseChain()}: snapshot create, rollback and delete are refused with
+     * a message naming {@code why}. Waits for a snapshot operation in progress (up to 10 s, like the others), and
+     * refuses while a delete is still pending (its merge would change layers being copied).
+     */
+    public void holdChain(final String why) throws SnapshotException {
+        acquireOperation();
+        try {
+            final Manifest m = manifest;
+            if (m != null && m.pending() != null) {
+                throw new SnapshotException(SnapshotException.Code.REFUSED, "a snapshot delete is still being finished"
+                    + " on " + dir.getFileName() + "; wait until it is done (GET /v1/operations), then retry");
+            }
+            if (chainHeld != null) {
+                throw new SnapshotException(SnapshotException.Code.REFUSED, dir.getFileName() + " is " + chainHeld);
+            }
+            chainHeld = why;
+        } finally {
+            operation.unlock();
+        }
+    }
+
+    /** Ends {@link #holdChain}. */
+    public void releaseChain() {
+        chainHeld = null;
+    }
+
+    private void checkChainNotHeld(final String what) throws SnapshotException {
+        final String why = chainHeld;
+        if (why != null) {
+            throw new SnapshotException(SnapshotException.Code.REFUSED, "cannot " + what + " " + dir.getFileName()
+                + " while it is " + why + ": the destination would not get the change; wait for the mirror to end,"
+                + " or abort it (DELETE /v1/volumes/" + dir.getFileName() + "/mirror)");
+        }
+    }
+
+    /**
+     * Describes {@code [offset, offset + length)} as the layer of snapshot {@code snapshot} ({@code null}: the
+     * active layer) holds it, for copying the layer alone: 0 where it holds data, {@link ExtentSink#ZERO} where it
+     * marks clusters as zeros, {@link ExtentSink#HOLE} where it holds nothing and the layers below show through,
+     * and {@code HOLE | ZERO} where it holds nothing and has nothing below (the bottom layer). The base file
+     * holds what its file has allocated.
+     *
+     * @return the bytes described.
+     */
+    public long owned(final String snapshot, final long offset, final long length, final ExtentSink sink,
+                      final int maxExtents) throws IOException {
+        final long stamp = gate.readLock();
+        try {
+            final Manifest m = manifest;
+            final Manifest.LayerRecord record = snapshot == null ? (m == null ? null : m.active())
+                : requireManifest(snapshot).snapshot(snapshot);
+            if (snapshot != null && record == null) {
+                throw noSuchSnapshot(snapshot);
+            }
+            final Layer layer = record == null ? live.layers[live.top] : layers.get(record.id());
+            if (layer.isBase()) {
+                return layer.data().allocation(offset, length, (len, flags) -> sink.extent(len,
+                    (flags & ExtentSink.HOLE) != 0 ? ExtentSink.HOLE | ExtentSink.ZERO : flags), maxExtents);
+            }
+            final int none = record.parent() == null ? ExtentSink.HOLE | ExtentSink.ZERO : ExtentSink.HOLE;
+            final Chain.Coalescer out = new Chain.Coalescer(sink, maxExtents);
+            final long end = Math.min(offset + length, size);
+            long pos = offset;
+            while (pos < end && !out.stopped()) {
+                final long cluster = pos / clusterSize;
+                final long next = Math.min(end, (cluster + 1) * clusterSize);
+                final int state = layer.map().state(cluster);
+                out.extent(next - pos, state == ClusterMap.DATA ? 0 : state == ClusterMap.ZERO ? ExtentSink.ZERO
+                    : none);
+                pos = next;
+            }
+            return out.finish();
+        } finally {
+            gate.unlockRead(stamp);
+        }
+    }
+
+    /**
+     * The clusters the layer of snapshot {@code snapshot} ({@code null}: the active layer) holds as data and as
+     * zeros, or {@code null} for the base file, which has no cluster map.
+     */
+    public long[] heldClusters(final String snapshot) throws IOException {
+        final Manifest m = manifest;
+        final Manifest.LayerRecord record = snapshot == null ? (m == null ? null : m.active())
+            : requireManifest(snapshot).snapshot(snapshot);
+        if (snapshot != null && record == null) {
+            throw noSuchSnapshot(snapshot);
+        }
+        final Layer layer = record == null ? live.layers[live.top] : layers.get(record.id());
+        return layer.isBase() ? null : new long[] {layer.map().count(ClusterMap.DATA),
+            layer.map().count(ClusterMap.ZERO)};
     }
 
     // ------------------------------------------------------------------------------------------------ helpers

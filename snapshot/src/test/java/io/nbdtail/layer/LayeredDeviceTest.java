@@ -325,6 +325,47 @@ class LayeredDeviceTest {
         }
     }
 
+    /** What a mirror copies of each layer: its own clusters, zero markers included, nothing held below. */
+    @Test
+    void ownedDescribesOnlyWhatEachLayerHolds() throws Exception {
+        final LayeredDevice layers = volume.layers();
+        write(0, random(new Random(50), 4 * CLUSTER));
+        layers.createSnapshot("base", Instant.EPOCH);
+        write(4 * CLUSTER, random(new Random(51), 2 * CLUSTER));
+        zero(0, CLUSTER, true);
+        layers.createSnapshot("mid", Instant.EPOCH.plusSeconds(1));
+        final List<String> base = new ArrayList<>();
+        layers.owned("base", 0, 8L * CLUSTER, (length, flags) -> base.add(length / CLUSTER + ":" + flags), 64);
+        // The base file: data, then holes that read as zeros with nothing below.
+        assertThat(base).containsExactly("4:0", "4:3");
+        final List<String> mid = new ArrayList<>();
+        layers.owned("mid", 0, 8L * CLUSTER, (length, flags) -> mid.add(length / CLUSTER + ":" + flags), 64);
+        assertThat(mid).containsExactly("1:2", "3:1", "2:0", "2:1");
+        assertThat(layers.heldClusters("mid")).containsExactly(2L, 1L);
+        assertThat(layers.heldClusters("base")).isNull();
+        final List<String> active = new ArrayList<>();
+        layers.owned(null, 0, 8L * CLUSTER, (length, flags) -> active.add(length / CLUSTER + ":" + flags), 64);
+        assertThat(active).containsExactly("8:1");
+    }
+
+    /** While a mirror holds the chain, it cannot change; afterwards it can again. */
+    @Test
+    void aHeldChainRefusesSnapshotRollbackAndDeleteUntilReleased() throws Exception {
+        final LayeredDevice layers = volume.layers();
+        layers.createSnapshot("s", Instant.EPOCH);
+        layers.holdChain("being mirrored to t9:10809");
+        assertThatThrownBy(() -> layers.createSnapshot("t", Instant.EPOCH)).isInstanceOf(SnapshotException.class)
+            .hasMessageContaining("being mirrored to t9:10809");
+        assertThatThrownBy(() -> layers.rollback("s")).hasMessageContaining("being mirrored");
+        assertThatThrownBy(() -> layers.deleteSnapshot("s")).hasMessageContaining("being mirrored");
+        assertThatThrownBy(() -> layers.holdChain("another")).hasMessageContaining("being mirrored");
+        assertThat(layers.snapshots()).hasSize(1);
+        layers.releaseChain();
+        layers.createSnapshot("t", Instant.EPOCH);
+        layers.deleteSnapshot("s");
+        assertThat(layers.snapshots()).extracting(LayeredDevice.SnapshotInfo::name).containsExactly("t");
+    }
+
     @FunctionalInterface
     private interface ThrowingRunnable {
         void run() throws Exception;

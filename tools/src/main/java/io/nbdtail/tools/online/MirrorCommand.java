@@ -94,7 +94,9 @@ public final class MirrorCommand {
     /** {@code start NAME --to HOST:PORT --token-file F [--rate R] [--wait]}, on the source. */
     @Command(name = "start", mixinStandardHelpOptions = true,
         description = {"On the source: mirror NAME to the destination tail and hand it over.",
-            "Answers once the destination accepted; a refusal or an unreachable destination is final."})
+            "Answers once the destination accepted; a refusal or an unreachable destination is final.",
+            "The volume's snapshots move with it; until the mirror ends they cannot be taken, deleted or rolled"
+                + " back to."})
     static final class Start implements Callable<Integer> {
         @Spec
         private CommandSpec spec;

@@ -183,6 +183,151 @@ class MirrorProcessIT {
         }
     }
 
+    private static String nbdinfoMap(final String context, final String uri) {
+        return ExternalTool.run("nbdinfo", "--json", "--map=" + context, uri).assertSuccess().stdout();
+    }
+
+    /** The snapshots as the API lists them, without what differs by design (the layer ids). */
+    private java.util.List<String> snapshotList(final ServerProcess server, final Path dataDir) throws Exception {
+        final java.util.List<String> out = new java.util.ArrayList<>();
+        for (final JsonNode s : api(server, dataDir, "GET", "/v1/volumes/vm1/snapshots", null).body()) {
+            out.add(s.path("name").asText() + " on " + s.path("parent").asText() + " created "
+                + s.path("created").asText() + " holding " + s.path("ownedBytes").asLong()
+                + (s.path("inLiveChain").asBoolean() ? " live" : ""));
+        }
+        java.util.Collections.sort(out);
+        return out;
+    }
+
+    /**
+     * M12: a volume with a snapshot tree moves while qemu-io writes through its own address (127.0.0.11) with
+     * reconnect-delay. Below 16 MiB: s0 (the base, 4 MiB of data) &lt;- s1 (2 MiB of data, 1 MiB zeroed over s0's
+     * data) &lt;- s2 (1 MiB), and after a rollback to s1, s3 (1 MiB) on a side branch; the live disc rests on s3.
+     * qemu-io writes above 16 MiB. Afterwards every {@code vm1@S} export of the destination is byte-identical to
+     * the source's (qemu-img compare), has the same allocation depth map (nbdinfo: each snapshot's own clusters,
+     * nothing copied up), the snapshot list matches, and the live disc holds exactly every write.
+     */
+    @org.junit.jupiter.api.Test
+    void aVolumeWithASnapshotTreeMovesWithItsSnapshotsUnderQemuWrites() throws Exception {
+        ExternalTool.requireTool("qemu-io");
+        ExternalTool.requireTool("qemu-img");
+        ExternalTool.requireTool("nbdinfo");
+        final Path srcDir = dir.resolve("src");
+        final Path dstDir = dir.resolve("dst");
+        try (ServerProcess source = ServerProcess.start(srcDir, dir.resolve("src.log"));
+             ServerProcess destination = ServerProcess.start(dstDir, dir.resolve("dst.log"))) {
+            final int port = freePort("127.0.0.11");
+            final String address = "127.0.0.11:" + port;
+            assertThat(api(source, srcDir, "POST", "/v1/volumes", json("name", "vm1", "size", SIZE)).status())
+                .isEqualTo(201);
+            final String[][] steps = {
+                {"write -P 0x11 0 4M"}, {"s0"},
+                {"write -P 0x22 4M 2M", "write -z 0 1M"}, {"s1"},
+                {"write -P 0x33 6M 1M"}, {"s2"},
+                {"rollback s1"}, {},
+                {"write -P 0x44 8M 1M"}, {"s3"},
+                {"write -P 0x55 10M 512k"}, {},
+            };
+            for (int i = 0; i < steps.length; i += 2) {
+                if (steps[i][0].startsWith("rollback")) {
+                    assertThat(api(source, srcDir, "POST", "/v1/volumes/vm1/snapshots/s1/rollback", null).status())
+                        .isEqualTo(200);
+                } else {
+                    final java.util.List<String> args = new java.util.ArrayList<>(java.util.List.of("qemu-io", "-f",
+                        "raw"));
+                    for (final String c : steps[i]) {
+                        args.add("-c");
+                        args.add(c);
+                    }
+                    args.add(source.uri("vm1"));
+                    ExternalTool.run(args).assertSuccess();
+                }
+                for (final String snapshot : steps[i + 1]) {
+                    assertThat(api(source, srcDir, "POST", "/v1/volumes/vm1/snapshots", json("name", snapshot))
+                        .status()).isEqualTo(201);
+                }
+            }
+            final String[] snapshots = {"s0", "s1", "s2", "s3"};
+            final java.util.Map<String, String> depthBefore = new java.util.HashMap<>();
+            for (final String s : snapshots) {
+                ExternalTool.run("qemu-img", "convert", "-f", "raw", "-O", "raw", source.uri("vm1@" + s),
+                    dir.resolve(s + ".raw").toString()).assertSuccess();
+                depthBefore.put(s, nbdinfoMap("qemu:allocation-depth", source.uri("vm1@" + s)));
+            }
+            final java.util.List<String> listBefore = snapshotList(source, srcDir);
+            assertThat(listBefore).hasSize(4);
+            ExternalTool.run("qemu-img", "convert", "-f", "raw", "-O", "raw", source.uri("vm1"),
+                dir.resolve("live.raw").toString()).assertSuccess();
+            final byte[] model = Files.readAllBytes(dir.resolve("live.raw"));
+            final String liveDepthBefore = nbdinfoMap("qemu:allocation-depth", source.uri("vm1"));
+
+            assertThat(api(source, srcDir, "PUT", "/v1/volumes/vm1/address", json("address", address)).status())
+                .isEqualTo(200);
+            assertThat(api(destination, dstDir, "POST", "/v1/volumes/vm1/receive",
+                json("size", SIZE, "token", TOKEN)).status()).isEqualTo(201);
+            final StringBuilder script = new StringBuilder();
+            final Random random = new Random(22);
+            for (int w = 0; w < 1500; w++) {
+                final int pattern = 1 + w % 250;
+                final int length = 4096 * (1 + random.nextInt(16));
+                final long offset = (16L << 20) + 4096L * random.nextInt((int) ((SIZE - (16L << 20) - length) / 4096));
+                Arrays.fill(model, (int) offset, (int) offset + length, (byte) pattern);
+                script.append("write -P ").append(pattern).append(' ').append(offset).append(' ').append(length)
+                    .append("\nsleep 10\n");
+            }
+            final Path scriptFile = dir.resolve("writes.qemu-io");
+            Files.writeString(scriptFile, script);
+            final Process writer = new ProcessBuilder("sh", "-c", "qemu-io --image-opts"
+                + " driver=nbd,server.type=inet,server.host=127.0.0.11,server.port=" + port
+                + ",export=vm1,reconnect-delay=60 < " + scriptFile).redirectErrorStream(true)
+                .redirectOutput(dir.resolve("qemu-io.log").toFile()).start();
+            Thread.sleep(1_000);
+            assertThat(writer.isAlive()).as("qemu-io still writing when the mirror starts").isTrue();
+            final Answer started = api(source, srcDir, "POST", "/v1/volumes/vm1/mirror",
+                json("destination", "127.0.0.1:" + destination.port(), "token", TOKEN, "bytesPerSecond", 8L << 20));
+            assertThat(started.status()).as("%s", started.body()).isEqualTo(202);
+            // While the tree is copied, it cannot change.
+            assertThat(api(source, srcDir, "POST", "/v1/volumes/vm1/snapshots", json("name", "late")).status())
+                .isEqualTo(409);
+            assertThat(api(source, srcDir, "DELETE", "/v1/volumes/vm1/snapshots/s2", null).status()).isEqualTo(409);
+            final JsonNode done = awaitMirror(source, srcDir, "vm1", "moved", "failed", "aborted");
+            assertThat(done.path("state").asText()).as("%s", done).isEqualTo("moved");
+            assertThat(writer.isAlive()).as("qemu-io still writing after the cutover").isTrue();
+            assertThat(writer.waitFor(180, TimeUnit.SECONDS)).isTrue();
+            final String qemuLog = Files.readString(dir.resolve("qemu-io.log"));
+            assertThat(writer.exitValue()).as(qemuLog).isZero();
+            assertThat(qemuLog).doesNotContain("error").doesNotContain("failed");
+
+            assertThat(snapshotList(destination, dstDir)).isEqualTo(listBefore);
+            for (final String s : snapshots) {
+                final ExternalTool.Result compare = ExternalTool.run("qemu-img", "compare", "-f", "raw", "-F", "raw",
+                    dir.resolve(s + ".raw").toString(), destination.uri("vm1@" + s));
+                assertThat(compare.exitCode()).as("snapshot %s: %s", s, compare.output()).isZero();
+                assertThat(nbdinfoMap("qemu:allocation-depth", destination.uri("vm1@" + s)))
+                    .as("snapshot %s holds the same clusters", s).isEqualTo(depthBefore.get(s));
+            }
+            ExternalTool.run("qemu-img", "convert", "-f", "raw", "-O", "raw", destination.uri("vm1"),
+                dir.resolve("live-after.raw").toString()).assertSuccess();
+            assertThat(Arrays.equals(Files.readAllBytes(dir.resolve("live-after.raw")), model))
+                .as("the live disc holds exactly every write qemu made").isTrue();
+            // Below 16 MiB nobody wrote during the mirror: the live disc's layers hold it as at the source.
+            assertThat(below(nbdinfoMap("qemu:allocation-depth", destination.uri("vm1")), 16L << 20))
+                .isEqualTo(below(liveDepthBefore, 16L << 20));
+        }
+    }
+
+    /** The extents of an nbdinfo JSON map that start below {@code end}, cut at {@code end}. */
+    private static java.util.List<String> below(final String map, final long end) throws Exception {
+        final java.util.List<String> out = new java.util.ArrayList<>();
+        for (final JsonNode e : JSON.readTree(map)) {
+            final long offset = e.path("offset").asLong();
+            if (offset < end) {
+                out.add(offset + "+" + Math.min(e.path("length").asLong(), end - offset) + "=" + e.path("type"));
+            }
+        }
+        return out;
+    }
+
     private void prepare(final ServerProcess source, final Path srcDir, final ServerProcess destination,
                          final Path dstDir) throws Exception {
         assertThat(api(source, srcDir, "POST", "/v1/volumes", json("name", "v", "size", SIZE)).status())

@@ -128,15 +128,22 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
     public CompletableFuture<Result> handle(final byte[] request, final SocketAddress client) {
         final CompletableFuture<Result> result = new CompletableFuture<>();
         peerThreads.execute(() -> {
+            final JsonNode parsed;
             try {
-                result.complete(answer(json.readTree(request), client));
-            } catch (final Refused e) {
-                LOG.warn("mirror request from {} refused: {}", client, e.getMessage());
-                result.completeExceptionally(e);
+                parsed = json.readTree(request);
             } catch (final IOException e) {
                 result.completeExceptionally(new Refused(REP_ERR_INVALID, "malformed mirror request: "
                     + e.getMessage()));
+                return;
+            }
+            try {
+                result.complete(answer(parsed, client));
+            } catch (final Refused e) {
+                LOG.warn("mirror request from {} refused: {}", client, e.getMessage());
+                result.completeExceptionally(e);
             } catch (final Exception e) {
+                // Not a refusal: a fault here (a disc error, a server shutting down). The option error is
+                // ERR_PLATFORM, which the source retries rather than taking as a final no.
                 LOG.error("mirror request from {} failed", client, e);
                 result.completeExceptionally(e);
             }

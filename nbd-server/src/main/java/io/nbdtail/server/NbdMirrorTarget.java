@@ -5,6 +5,7 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import io.nbdtail.nbd.client.NbdClient;
 import io.nbdtail.nbd.client.NbdClientException;
+import io.nbdtail.nbd.protocol.NbdConstants;
 import io.nbdtail.replication.MirrorRefusedException;
 import io.nbdtail.replication.MirrorSession;
 import io.nbdtail.replication.MirrorTarget;
@@ -74,8 +75,14 @@ final class NbdMirrorTarget implements MirrorTarget {
         return options;
     }
 
+    /**
+     * A refusal is final (a wrong secret, size or volume, a policy); a fault on the destination's side
+     * ({@code ERR_PLATFORM}, {@code ERR_SHUTDOWN}: a disc error, a server stopping) is retried like a broken link.
+     */
     private static IOException translate(final NbdClientException e) {
-        return e.optionReply() != 0 ? new MirrorRefusedException("the destination refused: " + e.getMessage(), e) : e;
+        final int reply = e.optionReply();
+        return reply != 0 && reply != NbdConstants.REP_ERR_PLATFORM && reply != NbdConstants.REP_ERR_SHUTDOWN
+            ? new MirrorRefusedException("the destination refused: " + e.getMessage(), e) : e;
     }
 
     private JsonNode ask(final String op, final MirrorSession session, final long epoch)

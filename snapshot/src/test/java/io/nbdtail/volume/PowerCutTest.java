@@ -1,0 +1,407 @@
+package io.nbdtail.volume;
+
+import io.nbdtail.layer.Checker;
+import io.nbdtail.layer.LayeredDevice;
+import io.nbdtail.storage.BlockDevice;
+import io.nbdtail.storage.PowerCutRecorder;
+import io.nbdtail.storage.StorageException;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Instant;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Comparator;
+import java.util.HashMap;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Random;
+import java.util.Set;
+import java.util.concurrent.CompletableFuture;
+import java.util.function.IntPredicate;
+import java.util.stream.Collectors;
+import java.util.stream.Stream;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.fail;
+
+/**
+ * Power cuts (reliability.md C3): a seeded random workload of writes, FUA writes, zeroes, trims, flushes and
+ * snapshot create, delete and rollback runs on a real volume whose file changes {@link PowerCutRecorder} logs.
+ * Then, for every sync point (nothing unsynced on the disc) and for random crash states between them (any subset
+ * of the unsynced changes, writes torn at 512-byte sectors), the disc's files are built in a fresh data directory
+ * and opened with the real code: {@code check} must find no corruption (leaks are allowed), the volume must open,
+ * and every sector of the live disc and of every snapshot must read a value the model allows: the value at the last
+ * flush or a value written since, never anything else.
+ *
+ * <p>{@code -Dnbdtail.powercut.states=N} random states per seed (default 60), {@code -Dnbdtail.powercut.seeds=N}
+ * seeds (default 2), {@code -Dnbdtail.powercut.seed=S} the first seed, {@code -Dnbdtail.powercut.steps=N} workload
+ * steps (default 60); {@code tools/bench/powercut-test.sh} runs thousands.
+ *
+ * <p>And silently dropped writes (C10): what a disc that acknowledges a synced write and never stores it does, and
+ * which of it {@code check} detects.
+ */
+class PowerCutTest {
+    private static final int SECTOR = 512;
+    private static final int CLUSTER = LayeredDevice.CLUSTER_SIZE;
+    /** 1 GiB: two cluster-map pages, and clusters far enough apart that their states share no map sector. */
+    private static final long SIZE = 16384L * CLUSTER;
+    /** The workload touches these runs of {@link #REGION} clusters only, so a check reads a few MiB, not 1 GiB. */
+    private static final int[] REGION_CLUSTERS = {0, 1000, 2500, 5000, 8000, 11000, 16000, 16380};
+    private static final int REGION = 4;
+    private static final int REGION_SECTORS = REGION * CLUSTER / SECTOR;
+    /** Sectors the model tracks; model sector {@code m} is volume sector {@link #sector}{@code (m)}. */
+    private static final int SECTORS = REGION_CLUSTERS.length * REGION_SECTORS;
+    private static final long[] ZERO = {0};
+
+    @TempDir
+    Path tmp;
+    private PowerCutRecorder recorder;
+    private Volume volume;
+
+    @BeforeEach
+    void setUp() throws Exception {
+        VolumeService.open(tmp.resolve("live")).create("v", SIZE, null, "", false);
+        recorder = new PowerCutRecorder(tmp.resolve("live"));
+        volume = VolumeService.open(tmp.resolve("live"), recorder).openVolume("v", Runnable::run);
+    }
+
+    @AfterEach
+    void tearDown() {
+        volume.close();
+    }
+
+    // ------------------------------------------------------------------------------------------------ the model
+
+    /** One step of the workload: the log range it issued and the sectors it changed (each to a set of tags). */
+    private record Step(String what, int start, int end, Map<Integer, long[]> changes, long[][] durable) {
+    }
+
+    /** A snapshot: what each sector reads (a set of tags), when it was taken and when deleted. */
+    private static final class Snap {
+        final long[][] sets;
+        int createStart;
+        int createEnd;
+        int deleteStart = Integer.MAX_VALUE;
+        int deleteEnd = Integer.MAX_VALUE;
+
+        Snap(final long[][] sets) {
+            this.sets = sets;
+        }
+    }
+
+    private final List<Step> steps = new ArrayList<>();
+    private final Map<String, Snap> snaps = new LinkedHashMap<>();
+    private long[][] current = initial();
+    private long nextTag = 1;
+
+    private static long sector(final int m) {
+        return (long) REGION_CLUSTERS[m / REGION_SECTORS] * (CLUSTER / SECTOR) + m % REGION_SECTORS;
+    }
+
+    private static long[][] initial() {
+        final long[][] sets = new long[SECTORS][];
+        Arrays.fill(sets, ZERO);
+        return sets;
+    }
+
+    private static long[][] copy(final long[][] sets) {
+        return sets.clone(); // the inner arrays are never changed, only replaced
+    }
+
+    private static long[] union(final long[] a, final long[] b) {
+        return java.util.stream.LongStream.concat(Arrays.stream(a), Arrays.stream(b)).distinct().sorted().toArray();
+    }
+
+    /** The 512 bytes sector {@code sector} holds when written by write {@code tag}; tag 0 is zeros. */
+    private static void pattern(final long tag, final long sector, final ByteBuffer into) {
+        long x = tag * 0x9E3779B97F4A7C15L + sector;
+        into.putLong(tag).putLong(sector);
+        for (int i = 16; i < SECTOR; i += 8) {
+            x ^= x << 13;
+            x ^= x >>> 7;
+            x ^= x << 17;
+            into.putLong(x);
+        }
+    }
+
+    private interface Action {
+        void run() throws Exception;
+    }
+
+    private void step(final String what, final Map<Integer, long[]> changes, final boolean durable,
+                      final Action action) throws Exception {
+        final int start = recorder.size();
+        action.run();
+        changes.forEach((s, set) -> current[s] = set);
+        steps.add(new Step(what, start, recorder.size(), changes, durable ? copy(current) : null));
+    }
+
+    private void write(final int sector, final int count) throws Exception {
+        final long tag = nextTag++;
+        final ByteBuffer data = ByteBuffer.allocateDirect(count * SECTOR);
+        final Map<Integer, long[]> changes = new HashMap<>();
+        for (int s = sector; s < sector + count; s++) {
+            pattern(tag, sector(s), data);
+            changes.put(s, new long[] {tag});
+        }
+        step("write " + count + " sectors at " + sector(sector) + " (tag " + tag + ")", changes, false,
+            () -> volume.write(data.flip(), sector(sector) * SECTOR));
+    }
+
+    private void zero(final int sector, final int count, final boolean trim) throws Exception {
+        final Map<Integer, long[]> changes = new HashMap<>();
+        for (int s = sector; s < sector + count; s++) {
+            changes.put(s, trim ? union(current[s], ZERO) : ZERO);
+        }
+        final boolean mayUnmap = sector % 2 == 0;
+        step((trim ? "trim " : "zero ") + count + " sectors at " + sector(sector), changes, false, () -> {
+            if (trim) {
+                volume.discard(sector(sector) * SECTOR, (long) count * SECTOR);
+            } else {
+                volume.writeZeroes(sector(sector) * SECTOR, (long) count * SECTOR, mayUnmap, false);
+            }
+        });
+    }
+
+    private void flush() throws Exception {
+        step("flush", Map.of(), true, () -> {
+            final CompletableFuture<StorageException> done = new CompletableFuture<>();
+            volume.flush(done::complete);
+            final StorageException failure = done.join();
+            if (failure != null) {
+                throw failure;
+            }
+        });
+    }
+
+    private void snapshot(final String name) throws Exception {
+        final Snap snap = new Snap(copy(current));
+        snap.createStart = recorder.size();
+        step("snapshot " + name, Map.of(), true, () -> volume.layers().createSnapshot(name, Instant.now()));
+        snap.createEnd = recorder.size();
+        snaps.put(name, snap);
+    }
+
+    private void delete(final String name) throws Exception {
+        final Snap snap = snaps.get(name);
+        snap.deleteStart = recorder.size();
+        step("delete " + name, Map.of(), false, () -> volume.layers().deleteSnapshot(name));
+        snap.deleteEnd = recorder.size();
+    }
+
+    private void rollback(final String name) throws Exception {
+        final Snap snap = snaps.get(name);
+        final Map<Integer, long[]> changes = new HashMap<>();
+        for (int s = 0; s < SECTORS; s++) {
+            changes.put(s, snap.sets[s]);
+        }
+        step("rollback to " + name, changes, true, () -> volume.layers().rollback(name));
+    }
+
+    private List<String> liveSnapshots() {
+        return snaps.entrySet().stream().filter(e -> e.getValue().deleteStart == Integer.MAX_VALUE)
+            .map(Map.Entry::getKey).toList();
+    }
+
+    private void randomWorkload(final Random random, final int count) throws Exception {
+        int names = 0;
+        for (int i = 0; i < count; i++) {
+            final int r = random.nextInt(100);
+            final int sector = random.nextInt(SECTORS);
+            final int max = REGION_SECTORS - sector % REGION_SECTORS;
+            final int length = Math.min(max, switch (random.nextInt(4)) {
+                case 0 -> 1;
+                case 1 -> 8;
+                case 2 -> CLUSTER / SECTOR;
+                default -> 1 + random.nextInt(3 * CLUSTER / SECTOR);
+            });
+            final List<String> live = liveSnapshots();
+            if (r < 40) {
+                write(sector, length);
+            } else if (r < 48) {
+                write(sector, length);
+                flush(); // FUA: the engine answers a FUA write after a sync of the volume
+            } else if (r < 56) {
+                zero(sector, length, false);
+            } else if (r < 64) {
+                zero(sector, length, true);
+            } else if (r < 76) {
+                flush();
+            } else if (r < 86 && live.size() < 5) {
+                snapshot("s" + names++);
+            } else if (r < 93 && !live.isEmpty()) {
+                delete(live.get(random.nextInt(live.size())));
+            } else if (!live.isEmpty()) {
+                rollback(live.get(random.nextInt(live.size())));
+            } else {
+                write(sector, length);
+            }
+        }
+    }
+
+    /** What each sector of the live disc may read after a power cut with the first {@code cut} changes issued. */
+    private long[][] candidates(final int cut) {
+        long[][] sets = initial();
+        int from = 0;
+        for (int i = 0; i < steps.size(); i++) {
+            if (steps.get(i).durable() != null && steps.get(i).end() <= cut) {
+                sets = steps.get(i).durable();
+                from = i + 1;
+            }
+        }
+        sets = copy(sets);
+        for (int i = from; i < steps.size() && steps.get(i).start() < cut; i++) {
+            for (final Map.Entry<Integer, long[]> c : steps.get(i).changes().entrySet()) {
+                sets[c.getKey()] = union(sets[c.getKey()], c.getValue());
+            }
+        }
+        return sets;
+    }
+
+    // ------------------------------------------------------------------------------------------------ checks
+
+    /** Every sector of {@code device} holds one of the values its set allows. */
+    private static void verify(final BlockDevice device, final long[][] sets, final String what) throws Exception {
+        final ByteBuffer all = ByteBuffer.allocateDirect(SECTORS * SECTOR);
+        for (int r = 0; r < REGION_CLUSTERS.length; r++) {
+            device.read(all.slice(r * REGION_SECTORS * SECTOR, REGION_SECTORS * SECTOR), sector(r * REGION_SECTORS) * SECTOR);
+        }
+        final ByteBuffer expected = ByteBuffer.allocate(SECTOR);
+        for (int s = 0; s < SECTORS; s++) {
+            final ByteBuffer got = all.slice(s * SECTOR, SECTOR);
+            final long tag = got.getLong(0);
+            boolean ok;
+            if (tag == 0) {
+                ok = got.equals(ByteBuffer.allocate(SECTOR)) && Arrays.binarySearch(sets[s], 0) >= 0;
+            } else {
+                pattern(tag, sector(s), expected.clear());
+                ok = got.equals(expected.flip()) && Arrays.stream(sets[s]).anyMatch(t -> t == tag);
+            }
+            if (!ok) {
+                fail(what + ": sector " + sector(s) + " (offset " + sector(s) * SECTOR + ") reads " + describe(got, sector(s))
+                    + "; the model allows tags " + Arrays.toString(sets[s]));
+            }
+        }
+    }
+
+    private static String describe(final ByteBuffer got, final long sector) {
+        final long tag = got.getLong(0);
+        if (tag == 0 && got.equals(ByteBuffer.allocate(SECTOR))) {
+            return "zeros";
+        }
+        final ByteBuffer expected = ByteBuffer.allocate(SECTOR);
+        pattern(tag, sector, expected);
+        return got.equals(expected.flip()) ? "tag " + tag : "bytes no write ever wrote there (garbage)";
+    }
+
+    private String history(final int cut) {
+        return steps.stream().map(s -> "  [" + s.start() + ".." + s.end() + ") " + s.what()
+            + (s.start() < cut && cut < s.end() ? "   <-- cut " + cut + " here" : ""))
+            .collect(Collectors.joining("\n", "\nworkload:\n", "\n"));
+    }
+
+    /** Builds the disc after a cut, checks it and opens it, and compares every sector with the model. */
+    private void verifyCrashState(final int cut, final PowerCutRecorder.Chooser chooser, final String label)
+        throws Exception {
+        final Path image = tmp.resolve("image");
+        deleteTree(image);
+        recorder.build(image, cut, chooser, i -> false);
+        final String what = label + ", cut at change " + cut + " of " + recorder.size();
+        try {
+            final VolumeService service = VolumeService.open(image);
+            final Checker.Report report = service.check("v", false);
+            assertThat(report.corruptions()).as(what + ": check reports corruption").isEmpty();
+            try (Volume opened = service.openVolume("v", Runnable::run)) {
+                verify(opened.device(), candidates(cut), what + ", live disc");
+                final Set<String> present = opened.layers().snapshots().stream()
+                    .map(LayeredDevice.SnapshotInfo::name).collect(Collectors.toSet());
+                for (final Map.Entry<String, Snap> e : snaps.entrySet()) {
+                    final Snap snap = e.getValue();
+                    final boolean must = snap.createEnd <= cut && snap.deleteStart >= cut;
+                    final boolean mustNot = snap.createStart >= cut || snap.deleteEnd <= cut;
+                    if (must) {
+                        assertThat(present).as(what + ": acknowledged snapshot " + e.getKey()).contains(e.getKey());
+                    }
+                    if (mustNot) {
+                        assertThat(present).as(what + ": snapshot " + e.getKey()).doesNotContain(e.getKey());
+                    }
+                    if (present.contains(e.getKey())) {
+                        try (BlockDevice view = opened.layers().snapshotView(e.getKey())) {
+                            verify(view, snap.sets, what + ", snapshot " + e.getKey());
+                        }
+                    }
+                }
+                // it opened read-write: one more write and flush must work
+                opened.write(ByteBuffer.allocateDirect(SECTOR), 0);
+                final CompletableFuture<StorageException> done = new CompletableFuture<>();
+                opened.flush(done::complete);
+                assertThat(done.join()).as(what + ": a flush after the power cut").isNull();
+            }
+        } catch (final AssertionError | Exception e) {
+            throw new AssertionError(e.getMessage() + history(cut), e);
+        }
+    }
+
+    private static void deleteTree(final Path root) throws IOException {
+        if (Files.exists(root)) {
+            try (Stream<Path> walk = Files.walk(root)) {
+                for (final Path p : walk.sorted(Comparator.reverseOrder()).toList()) {
+                    Files.delete(p);
+                }
+            }
+        }
+    }
+
+    private static int property(final String name, final int fallback) {
+        return Integer.getInteger("nbdtail.powercut." + name, fallback);
+    }
+
+    // ------------------------------------------------------------------------------------------------ C3
+
+    @Test
+    void powerCutAtEverySyncPointAndRandomStatesBetweenLosesNothingFlushed() throws Exception {
+        final int seed = property("seed", 1);
+        final int seeds = property("seeds", 2);
+        for (int k = 0; k < seeds; k++) {
+            if (k > 0) {
+                tearDown();
+                deleteTree(tmp);
+                Files.createDirectories(tmp);
+                steps.clear();
+                snaps.clear();
+                current = initial();
+                setUp();
+            }
+            runSeed(seed + k);
+        }
+    }
+
+    private void runSeed(final long seed) throws Exception {
+        randomWorkload(new Random(seed), property("steps", 60));
+        final List<PowerCutRecorder.Op> log = recorder.ops();
+        int syncPoints = 0;
+        for (int i = 0; i < log.size(); i++) {
+            if (log.get(i) instanceof PowerCutRecorder.Sync || log.get(i) instanceof PowerCutRecorder.SyncDir) {
+                verifyCrashState(i + 1, PowerCutRecorder.NOTHING_UNSYNCED, "seed " + seed + ", sync point " + i);
+                syncPoints++;
+            }
+        }
+        final Random random = new Random(seed * 31 + 7);
+        final int states = property("states", 60);
+        for (int n = 0; n < states; n++) {
+            final int cut = random.nextInt(log.size() + 1);
+            final long stateSeed = random.nextLong();
+            verifyCrashState(cut, PowerCutRecorder.random(new Random(stateSeed)), "seed " + seed + ", random state "
+                + n + " (state seed " + stateSeed + ")");
+        }
+        assertThat(syncPoints).as("sync points replayed").isGreaterThan(10);
+    }
+}

@@ -41,8 +41,8 @@ import static org.assertj.core.api.Assertions.fail;
  * and every sector of the live disc and of every snapshot must read a value the model allows: the value at the last
  * flush or a value written since, never anything else.
  *
- * <p>{@code -Dnbdtail.powercut.states=N} random states per seed (default 60), {@code -Dnbdtail.powercut.seeds=N}
- * seeds (default 2), {@code -Dnbdtail.powercut.seed=S} the first seed, {@code -Dnbdtail.powercut.steps=N} workload
+ * <p>{@code -Dnbdtail.powercut.states=N} random states per seed (default 80), {@code -Dnbdtail.powercut.seeds=N}
+ * seeds (default 1), {@code -Dnbdtail.powercut.seed=S} the first seed, {@code -Dnbdtail.powercut.steps=N} workload
  * steps (default 60); {@code tools/bench/powercut-test.sh} runs thousands.
  *
  * <p>And silently dropped writes (C10): what a disc that acknowledges a synced write and never stores it does, and
@@ -369,7 +369,7 @@ class PowerCutTest {
     @Test
     void powerCutAtEverySyncPointAndRandomStatesBetweenLosesNothingFlushed() throws Exception {
         final int seed = property("seed", 1);
-        final int seeds = property("seeds", 2);
+        final int seeds = property("seeds", 1);
         for (int k = 0; k < seeds; k++) {
             if (k > 0) {
                 tearDown();
@@ -508,7 +508,7 @@ class PowerCutTest {
             }
         }
         final Random random = new Random(seed * 31 + 7);
-        final int states = property("states", 60);
+        final int states = property("states", 80);
         for (int n = 0; n < states; n++) {
             final int cut = random.nextInt(log.size() + 1);
             final long stateSeed = random.nextLong();

@@ -635,7 +635,7 @@ public final class VolumeService {
      * {@link #grow} extends the file first and records the size second; a crash in between leaves a file larger
      * than its record, whose new range is a hole the guest never saw. Finishing the grow loses nothing.
      */
-    private static VolumeMetadata finishInterruptedGrow(final Path dir, final VolumeMetadata metadata,
+    private VolumeMetadata finishInterruptedGrow(final Path dir, final VolumeMetadata metadata,
                                                         final FileBlockDevice device) throws IOException {
         if (metadata.kind() != VolumeMetadata.Kind.FILE || device.isBlockDevice() || device.size() <= metadata.size()
             || device.size() % 512 != 0) {
@@ -1010,24 +1010,24 @@ public final class VolumeService {
             + " a backup, or move the volume's directory away to drop the volume", cause);
     }
 
-    private static void writeRecord(final Path dir, final VolumeMetadata metadata) throws IOException {
+    private void writeRecord(final Path dir, final VolumeMetadata metadata) throws IOException {
         writeJson(dir, RECORD, metadata);
     }
 
     /** Replaces {@code dir/name} atomically: a temporary file, fsync, rename, fsync of the directory. */
-    private static void writeJson(final Path dir, final String name, final Object value) throws IOException {
+    private void writeJson(final Path dir, final String name, final Object value) throws IOException {
         final Path temp = dir.resolve(name + ".tmp");
         final byte[] bytes = (JSON.writeValueAsString(value) + "\n").getBytes(StandardCharsets.UTF_8);
-        try (FileChannel channel = FileChannel.open(temp, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
-            StandardOpenOption.TRUNCATE_EXISTING)) {
+        try (FileChannel channel = io.open(temp, Set.of(StandardOpenOption.CREATE, StandardOpenOption.WRITE,
+            StandardOpenOption.TRUNCATE_EXISTING))) {
             final ByteBuffer buffer = ByteBuffer.wrap(bytes);
             while (buffer.hasRemaining()) {
                 channel.write(buffer);
             }
             channel.force(true);
         }
-        Files.move(temp, dir.resolve(name), StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
-        syncDirectory(dir);
+        io.move(temp, dir.resolve(name));
+        io.syncDirectory(dir);
     }
 
     /**

@@ -64,13 +64,15 @@ class PowerCutTest {
     @TempDir
     Path tmp;
     private PowerCutRecorder recorder;
+    private VolumeService service;
     private Volume volume;
 
     @BeforeEach
     void setUp() throws Exception {
         VolumeService.open(tmp.resolve("live")).create("v", SIZE, null, "", false);
         recorder = new PowerCutRecorder(tmp.resolve("live"));
-        volume = VolumeService.open(tmp.resolve("live"), recorder).openVolume("v", Runnable::run);
+        service = VolumeService.open(tmp.resolve("live"), recorder);
+        volume = service.openVolume("v", Runnable::run);
     }
 
     @AfterEach
@@ -381,6 +383,48 @@ class PowerCutTest {
                 setUp();
             }
             runSeed(seed + k);
+        }
+    }
+
+    @Test
+    void powerCutDuringGrowKeepsTheDataAndOneOfTheSizes() throws Exception {
+        write(0, 8);
+        flush();
+        final int growStart = recorder.size();
+        service.grow(volume, SIZE + CLUSTER);                   // the file first, then volume.json
+        final int growEnd = recorder.size();
+        final ByteBuffer data = ByteBuffer.allocateDirect(8 * SECTOR);
+        for (int s = 0; s < 8; s++) {
+            pattern(99, SIZE / SECTOR + s, data);
+        }
+        volume.write(data.flip(), SIZE);
+        flush();
+        final int end = recorder.size();
+        for (int cut = 0; cut <= end; cut++) {
+            final String what = "grow, cut at change " + cut + " of " + end + " (the grow is " + growStart + ".." + growEnd
+                + ")";
+            final Path image = tmp.resolve("image");
+            deleteTree(image);
+            recorder.build(image, cut, PowerCutRecorder.random(new Random(cut)), i -> false);
+            final VolumeService crashed = VolumeService.open(image);
+            assertThat(crashed.check("v", false).corruptions()).as(what).isEmpty();
+            try (Volume opened = crashed.openVolume("v", Runnable::run)) {
+                assertThat(opened.size()).as(what).isIn(SIZE, SIZE + CLUSTER);
+                if (cut >= growEnd) {
+                    assertThat(opened.size()).as(what + ": the grow was acknowledged").isEqualTo(SIZE + CLUSTER);
+                    assertThat(opened.metadata().size()).as(what + ": volume.json").isEqualTo(SIZE + CLUSTER);
+                }
+                final long[][] sets = candidates(cut);
+                final ByteBuffer first = ByteBuffer.allocate(SECTOR);
+                opened.read(first, 0);
+                assertThat(first.getLong(0)).as(what + ": a flushed write").isIn(Arrays.stream(sets[0]).boxed().toArray());
+                if (opened.size() > SIZE) {
+                    final ByteBuffer grown = ByteBuffer.allocate(SECTOR);
+                    opened.read(grown, SIZE);
+                    assertThat(grown.getLong(0)).as(what + ": the new range").isIn(cut >= end ? new Object[] {99L}
+                        : new Object[] {0L, 99L});
+                }
+            }
         }
     }
 

@@ -310,45 +310,61 @@ class PowerCutTest {
             .collect(Collectors.joining("\n", "\nworkload:\n", "\n"));
     }
 
-    /** Builds the disc after a cut, checks it and opens it, and compares every sector with the model. */
-    private void verifyCrashState(final int cut, final PowerCutRecorder.Chooser chooser, final String label)
-        throws Exception {
+    /**
+     * Builds the disc after a cut, checks it and opens it, and compares every sector with the model; with
+     * {@code repair}, then runs {@code check --repair} and does it all again.
+     */
+    private void verifyCrashState(final int cut, final PowerCutRecorder.Chooser chooser, final String label,
+                                  final boolean repair) throws Exception {
         final Path image = tmp.resolve("image");
         deleteTree(image);
         recorder.build(image, cut, chooser, i -> false);
         final String what = label + ", cut at change " + cut + " of " + recorder.size();
         try {
-            final VolumeService service = VolumeService.open(image);
-            final Checker.Report report = service.check("v", false);
+            final VolumeService crashed = VolumeService.open(image);
+            final Checker.Report report = crashed.check("v", false);
             assertThat(report.corruptions()).as(what + ": check reports corruption").isEmpty();
-            try (Volume opened = service.openVolume("v", Runnable::run)) {
-                verify(opened.device(), candidates(cut), what + ", live disc");
-                final Set<String> present = opened.layers().snapshots().stream()
-                    .map(LayeredDevice.SnapshotInfo::name).collect(Collectors.toSet());
-                for (final Map.Entry<String, Snap> e : snaps.entrySet()) {
-                    final Snap snap = e.getValue();
-                    final boolean must = snap.createEnd <= cut && snap.deleteStart >= cut;
-                    final boolean mustNot = snap.createStart >= cut || snap.deleteEnd <= cut;
-                    if (must) {
-                        assertThat(present).as(what + ": acknowledged snapshot " + e.getKey()).contains(e.getKey());
-                    }
-                    if (mustNot) {
-                        assertThat(present).as(what + ": snapshot " + e.getKey()).doesNotContain(e.getKey());
-                    }
-                    if (present.contains(e.getKey())) {
-                        try (BlockDevice view = opened.layers().snapshotView(e.getKey())) {
-                            verify(view, snap.sets, what + ", snapshot " + e.getKey());
-                        }
+            openAndVerify(crashed, cut, what, !repair);
+            if (repair) {
+                final Checker.Report repaired = crashed.check("v", true);
+                assertThat(repaired.corruptions()).as(what + ": check --repair reports corruption").isEmpty();
+                assertThat(crashed.check("v", false).clean()).as(what + ": check after check --repair").isTrue();
+                openAndVerify(crashed, cut, what + ", after check --repair", true);
+            }
+        } catch (final AssertionError | Exception e) {
+            throw new AssertionError(e.getMessage() + history(cut), e);
+        }
+    }
+
+    /** Opens the crashed volume and compares the live disc and every snapshot with the model. */
+    private void openAndVerify(final VolumeService crashed, final int cut, final String what, final boolean writeAfter)
+        throws Exception {
+        try (Volume opened = crashed.openVolume("v", Runnable::run)) {
+            verify(opened.device(), candidates(cut), what + ", live disc");
+            final Set<String> present = opened.layers().snapshots().stream()
+                .map(LayeredDevice.SnapshotInfo::name).collect(Collectors.toSet());
+            for (final Map.Entry<String, Snap> e : snaps.entrySet()) {
+                final Snap snap = e.getValue();
+                final boolean must = snap.createEnd <= cut && snap.deleteStart >= cut;
+                final boolean mustNot = snap.createStart >= cut || snap.deleteEnd <= cut;
+                if (must) {
+                    assertThat(present).as(what + ": acknowledged snapshot " + e.getKey()).contains(e.getKey());
+                }
+                if (mustNot) {
+                    assertThat(present).as(what + ": snapshot " + e.getKey()).doesNotContain(e.getKey());
+                }
+                if (present.contains(e.getKey())) {
+                    try (BlockDevice view = opened.layers().snapshotView(e.getKey())) {
+                        verify(view, snap.sets, what + ", snapshot " + e.getKey());
                     }
                 }
-                // it opened read-write: one more write and flush must work
+            }
+            if (writeAfter) { // it opened read-write: one more write and flush must work
                 opened.write(ByteBuffer.allocateDirect(SECTOR), 0);
                 final CompletableFuture<StorageException> done = new CompletableFuture<>();
                 opened.flush(done::complete);
                 assertThat(done.join()).as(what + ": a flush after the power cut").isNull();
             }
-        } catch (final AssertionError | Exception e) {
-            throw new AssertionError(e.getMessage() + history(cut), e);
         }
     }
 
@@ -547,7 +563,7 @@ class PowerCutTest {
         int syncPoints = 0;
         for (int i = 0; i < log.size(); i++) {
             if (log.get(i) instanceof PowerCutRecorder.Sync || log.get(i) instanceof PowerCutRecorder.SyncDir) {
-                verifyCrashState(i + 1, PowerCutRecorder.NOTHING_UNSYNCED, "seed " + seed + ", sync point " + i);
+                verifyCrashState(i + 1, PowerCutRecorder.NOTHING_UNSYNCED, "seed " + seed + ", sync point " + i, false);
                 syncPoints++;
             }
         }
@@ -557,7 +573,7 @@ class PowerCutTest {
             final int cut = random.nextInt(log.size() + 1);
             final long stateSeed = random.nextLong();
             verifyCrashState(cut, PowerCutRecorder.random(new Random(stateSeed)), "seed " + seed + ", random state "
-                + n + " (state seed " + stateSeed + ")");
+                + n + " (state seed " + stateSeed + ")", true);
         }
         assertThat(syncPoints).as("sync points replayed").isGreaterThan(10);
     }

@@ -1058,7 +1058,12 @@ public final class LayeredDevice implements LayeredBlockDevice {
     }
 
     private Layer createLayer(final UUID id) throws IOException {
-        io.createDirectories(dir.resolve(LAYERS));
+        if (!Files.isDirectory(dir.resolve(LAYERS))) {
+            // The name "layers" must be durable before a manifest names a layer in it: a directory sync covers
+            // only the names in that directory, and nothing orders the mkdir before the later manifest rename.
+            io.createDirectories(dir.resolve(LAYERS));
+            io.syncDirectory(dir);
+        }
         final Path data = dataPath(dir, id);
         createSparse(data);
         final ClusterMap map = ClusterMap.create(mapPath(dir, id), id, size, clusterSize, io);

@@ -444,6 +444,34 @@ class PowerCutTest {
         }
     }
 
+    @Test
+    void theLayersDirectoryIsDurableBeforeTheFirstManifestNamesIt() throws Exception {
+        write(0, 8);
+        snapshot("s0");
+        final List<PowerCutRecorder.Op> log = recorder.ops();
+        final int lastDirSync = log.size() - 1;                  // the manifest's directory sync
+        assertThat(log.get(lastDirSync)).isInstanceOf(PowerCutRecorder.SyncDir.class);
+        // The power cut comes just before that sync, and of the unsynced names only the manifest's landed.
+        final Path image = tmp.resolve("image");
+        recorder.build(image, lastDirSync, new PowerCutRecorder.Chooser() {
+            @Override
+            public boolean applied(final int index, final PowerCutRecorder.Op op) {
+                return op instanceof PowerCutRecorder.Rename
+                    || op instanceof PowerCutRecorder.Create c && c.name().equals("manifest.tmp");
+            }
+
+            @Override
+            public IntPredicate sectors(final int index, final PowerCutRecorder.Write write) {
+                return null;
+            }
+        }, i -> false);
+        final VolumeService crashed = VolumeService.open(image);
+        assertThat(crashed.check("v", false).corruptions()).isEmpty();
+        try (Volume opened = crashed.openVolume("v", Runnable::run)) {
+            assertThat(opened.layers().snapshots()).extracting(LayeredDevice.SnapshotInfo::name).containsExactly("s0");
+        }
+    }
+
     // ------------------------------------------------------------------------------------------------ C10
 
     /** The last step's range of the log. */

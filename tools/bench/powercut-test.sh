@@ -4,7 +4,7 @@
 # rebuilds the disc at every sync point and at STATES random crash states (unsynced changes in any subset, writes
 # torn at 512-byte sectors), checks it with `check`, opens it and verifies every sector against the model.
 #   tools/bench/powercut-test.sh [SEEDS] [STATES] [SEED]   (default 20 seeds x 300 states, seed from the clock;
-#                                                           about 30 s a seed at the defaults)
+#                                                           15 to 30 s a seed, by load)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 seeds="${1:-20}"

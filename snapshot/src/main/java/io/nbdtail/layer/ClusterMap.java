@@ -1,6 +1,7 @@
 package io.nbdtail.layer;
 
 import io.nbdtail.storage.StorageException;
+import io.nbdtail.storage.StorageIo;
 
 import java.io.IOException;
 import java.lang.invoke.MethodHandles;
@@ -82,11 +83,20 @@ public final class ClusterMap implements AutoCloseable {
     /** Creates an empty map file (header only: unwritten pages read as all {@link #NONE}) and syncs it. */
     public static ClusterMap create(final Path path, final UUID layerId, final long size, final int clusterSize)
         throws IOException {
-        final FileChannel file = FileChannel.open(path, java.util.Set.of(StandardOpenOption.CREATE_NEW,
+        return create(path, layerId, size, clusterSize, StorageIo.get());
+    }
+
+    /** {@link #create(Path, UUID, long, int)} through {@code io}. */
+    public static ClusterMap create(final Path path, final UUID layerId, final long size, final int clusterSize,
+                                    final StorageIo io) throws IOException {
+        final FileChannel file = io.open(path, java.util.Set.of(StandardOpenOption.CREATE_NEW,
             StandardOpenOption.READ, StandardOpenOption.WRITE), LayeredDevice.OWNER_ONLY);
         try {
             final ClusterMap map = new ClusterMap(path, file, layerId, size, clusterSize);
             writeFully(file, map.header(), 0);
+            final int[] all = new int[map.pages];
+            java.util.Arrays.setAll(all, p -> p);
+            map.writeEmptySpares(all);
             file.force(true);
             return map;
         } catch (final IOException | RuntimeException e) {
@@ -102,11 +112,17 @@ public final class ClusterMap implements AutoCloseable {
      */
     public static ClusterMap open(final Path path, final UUID layerId, final long size, final int clusterSize,
                                   final boolean readOnly) throws IOException {
-        final FileChannel file = readOnly ? FileChannel.open(path, StandardOpenOption.READ)
-            : FileChannel.open(path, StandardOpenOption.READ, StandardOpenOption.WRITE);
+        return open(path, layerId, size, clusterSize, readOnly, StorageIo.get());
+    }
+
+    /** {@link #open(Path, UUID, long, int, boolean)} through {@code io}. */
+    public static ClusterMap open(final Path path, final UUID layerId, final long size, final int clusterSize,
+                                  final boolean readOnly, final StorageIo io) throws IOException {
+        final FileChannel file = io.open(path, readOnly ? java.util.Set.of(StandardOpenOption.READ)
+            : java.util.Set.of(StandardOpenOption.READ, StandardOpenOption.WRITE));
         try {
             final ClusterMap map = new ClusterMap(path, file, layerId, size, clusterSize);
-            map.load();
+            map.load(readOnly);
             return map;
         } catch (final IOException | RuntimeException e) {
             file.close();
@@ -129,7 +145,7 @@ public final class ClusterMap implements AutoCloseable {
         return b.clear();
     }
 
-    private void load() throws IOException {
+    private void load(final boolean readOnly) throws IOException {
         final ByteBuffer h = ByteBuffer.allocate(BLOCK).order(ByteOrder.LITTLE_ENDIAN);
         readFully(file, h, 0);
         final byte[] magic = new byte[MAGIC.length];
@@ -151,6 +167,8 @@ public final class ClusterMap implements AutoCloseable {
         }
         final ByteBuffer a = ByteBuffer.allocate(BLOCK).order(ByteOrder.LITTLE_ENDIAN);
         final ByteBuffer b = ByteBuffer.allocate(BLOCK).order(ByteOrder.LITTLE_ENDIAN);
+        final int[] blank = new int[pages];
+        int blanks = 0;
         for (int p = 0; p < pages; p++) {
             readFully(file, a.clear(), slotOffset(p, 0));
             readFully(file, b.clear(), slotOffset(p, 1));
@@ -164,7 +182,8 @@ public final class ClusterMap implements AutoCloseable {
             } else if (bValid) {
                 pick = 1;
             } else if (allZero(a) && allZero(b)) {
-                continue; // never written: every cluster is NONE
+                blank[blanks++] = p; // never written (a map made before spare slots were filled): all NONE
+                continue;
             } else {
                 throw corrupt("neither copy of page " + p + " (clusters " + (long) p * CLUSTERS_PER_PAGE + " to "
                     + Math.min(clusters, (long) (p + 1) * CLUSTERS_PER_PAGE) + ") has a valid checksum");
@@ -181,10 +200,34 @@ public final class ClusterMap implements AutoCloseable {
                 words[base + w] = word;
             }
         }
+        if (blanks > 0 && !readOnly) {
+            writeEmptySpares(java.util.Arrays.copyOf(blank, blanks));
+            file.force(false);
+        }
         final long tail = (long) pages * CLUSTERS_PER_PAGE;
         for (long c = clusters; c < tail; c++) {
             if (state(c) != NONE) {
                 throw corrupt("cluster " + c + " beyond the end of the layer is marked " + state(c));
+            }
+        }
+    }
+
+    /**
+     * Writes a valid, empty copy of generation 0 into slot 1 of each page; the caller syncs. The first real copy of
+     * a page goes to slot 0, so a power cut that tears it finds this one, and the page reads as never written (all
+     * {@link #NONE}, which is what its states were at the last sync) instead of as a page with no valid copy,
+     * which would stop the volume until {@code nbdtail check} (found by the power-cut test, reliability.md C3).
+     */
+    private void writeEmptySpares(final int[] which) throws IOException {
+        final ByteBuffer b = ByteBuffer.allocate(BLOCK).order(ByteOrder.LITTLE_ENDIAN);
+        for (final int p : which) {
+            b.clear();
+            b.putInt(4, p);
+            b.putLong(16, tag);
+            b.putInt(0, crc(b, 4, BLOCK));
+            writeFully(file, b.clear(), slotOffset(p, 1));
+            if (generation[p] == 0) {
+                slot[p] = 1;
             }
         }
     }

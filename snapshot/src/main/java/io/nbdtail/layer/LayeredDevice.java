@@ -4,6 +4,7 @@ import io.nbdtail.storage.BlockDevice;
 import io.nbdtail.storage.ExtentSink;
 import io.nbdtail.storage.FileBlockDevice;
 import io.nbdtail.storage.StorageException;
+import io.nbdtail.storage.StorageIo;
 import io.nbdtail.storage.nativeio.NativeIo;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -13,6 +14,7 @@ import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
 import java.time.Instant;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -56,7 +58,7 @@ public final class LayeredDevice implements LayeredBlockDevice {
 
     private final Path dir;
     private final UUID volumeId;
-    private final NativeIo nativeIo;
+    private final StorageIo io;
     private final boolean readOnly;
     /** Changes only by {@link #grow}, which only a plain volume (no layers yet) allows. */
     private volatile long size;
@@ -80,11 +82,11 @@ public final class LayeredDevice implements LayeredBlockDevice {
     /** Why the chain may not change now (a mirror is copying it), or {@code null}; see {@link #holdChain}. */
     private volatile String chainHeld;
 
-    private LayeredDevice(final Path dir, final UUID volumeId, final NativeIo nativeIo, final boolean readOnly,
+    private LayeredDevice(final Path dir, final UUID volumeId, final StorageIo io, final boolean readOnly,
                           final BlockDevice baseDevice, final Path basePath, final long size, final int clusterSize) {
         this.dir = dir;
         this.volumeId = volumeId;
-        this.nativeIo = nativeIo;
+        this.io = io;
         this.readOnly = readOnly;
         this.baseDevice = baseDevice;
         this.basePath = basePath;
@@ -108,9 +110,16 @@ public final class LayeredDevice implements LayeredBlockDevice {
     public static LayeredDevice open(final Path dir, final UUID volumeId, final long size, final BlockDevice baseDevice,
                                      final Path basePath, final NativeIo nativeIo, final boolean readOnly)
         throws IOException {
+        return open(dir, volumeId, size, baseDevice, basePath, StorageIo.of(nativeIo), readOnly);
+    }
+
+    /** {@link #open(Path, UUID, long, BlockDevice, Path, NativeIo, boolean)} with every file change through {@code io}. */
+    public static LayeredDevice open(final Path dir, final UUID volumeId, final long size, final BlockDevice baseDevice,
+                                     final Path basePath, final StorageIo io, final boolean readOnly)
+        throws IOException {
         final Manifest manifest = Manifest.read(dir);
         final int clusterSize = manifest == null ? CLUSTER_SIZE : manifest.clusterSize();
-        final LayeredDevice device = new LayeredDevice(dir, volumeId, nativeIo, readOnly, baseDevice, basePath,
+        final LayeredDevice device = new LayeredDevice(dir, volumeId, io, readOnly, baseDevice, basePath,
             size, clusterSize);
         try {
             device.load(manifest);
@@ -167,9 +176,9 @@ public final class LayeredDevice implements LayeredBlockDevice {
             throw new LayerCorruptException("layer " + r.id() + (r.snapshot() == null ? " (active)"
                 : " (snapshot " + r.snapshot() + ")") + " is missing " + (Files.exists(data) ? mapPath : data));
         }
-        final ClusterMap map = ClusterMap.open(mapPath, r.id(), size, clusterSize, readOnly);
+        final ClusterMap map = ClusterMap.open(mapPath, r.id(), size, clusterSize, readOnly, io);
         try {
-            return new Layer(r.id(), FileBlockDevice.open(data, readOnly, nativeIo), map, data);
+            return new Layer(r.id(), FileBlockDevice.open(data, readOnly, io), map, data);
         } catch (final IOException | RuntimeException e) {
             map.close();
             throw e;
@@ -587,7 +596,7 @@ public final class LayeredDevice implements LayeredBlockDevice {
         }
         try {
             final Manifest flagged = m.withNeedsCheck(true, reason);
-            flagged.write(dir);
+            flagged.write(dir, io);
             manifest = flagged;
             LOG.error("{}: marked as needing 'nbdtail check' ({})", dir.getFileName(), reason);
         } catch (final IOException e) {
@@ -950,7 +959,7 @@ public final class LayeredDevice implements LayeredBlockDevice {
                 throw new SnapshotException(SnapshotException.Code.TOO_DEEP, "a clone of '" + name + "' would have "
                     + (chain.size() + 1) + " layers, more than " + MAX_DEPTH + "; delete a snapshot below it first");
             }
-            Files.createDirectories(target.resolve(LAYERS));
+            io.createDirectories(target.resolve(LAYERS));
             final List<Manifest.LayerRecord> records = new ArrayList<>();
             for (final Manifest.LayerRecord r : chain) {
                 final Layer layer = layers.get(r.id());
@@ -959,21 +968,21 @@ public final class LayeredDevice implements LayeredBlockDevice {
                         throw new SnapshotException(SnapshotException.Code.REFUSED, "snapshot '" + name + "' rests on a"
                             + " block device, which a clone cannot share; copy the volume with nbdcopy instead");
                     }
-                    Files.createLink(targetBase, layer.dataPath());
+                    io.link(targetBase, layer.dataPath());
                 } else {
-                    Files.createLink(dataPath(target, r.id()), dataPath(dir, r.id()));
-                    Files.createLink(mapPath(target, r.id()), mapPath(dir, r.id()));
+                    io.link(dataPath(target, r.id()), dataPath(dir, r.id()));
+                    io.link(mapPath(target, r.id()), mapPath(dir, r.id()));
                 }
                 records.add(r);
             }
             final UUID active = UUID.randomUUID();
-            ClusterMap.create(mapPath(target, active), active, size, clusterSize).close();
+            ClusterMap.create(mapPath(target, active), active, size, clusterSize, io).close();
             createSparse(dataPath(target, active));
-            Manifest.syncDirectory(target.resolve(LAYERS));
+            io.syncDirectory(target.resolve(LAYERS));
             records.add(new Manifest.LayerRecord(active, snap.id(), null, now.toString(), false));
             final Manifest clone = new Manifest(Manifest.FORMAT_VERSION, 1, cloneId, size, clusterSize, false, null,
                 records, null);
-            clone.write(target);
+            clone.write(target, io);
             return clone;
         } finally {
             operation.unlock();
@@ -1150,28 +1159,30 @@ public final class LayeredDevice implements LayeredBlockDevice {
     }
 
     private Layer createLayer(final UUID id) throws IOException {
-        Files.createDirectories(dir.resolve(LAYERS));
+        if (!Files.isDirectory(dir.resolve(LAYERS))) {
+            // The name "layers" must be durable before a manifest names a layer in it: a directory sync covers
+            // only the names in that directory, and nothing orders the mkdir before the later manifest rename.
+            io.createDirectories(dir.resolve(LAYERS));
+            io.syncDirectory(dir);
+        }
         final Path data = dataPath(dir, id);
         createSparse(data);
-        final ClusterMap map = ClusterMap.create(mapPath(dir, id), id, size, clusterSize);
+        final ClusterMap map = ClusterMap.create(mapPath(dir, id), id, size, clusterSize, io);
         try {
-            Manifest.syncDirectory(dir.resolve(LAYERS));
+            io.syncDirectory(dir.resolve(LAYERS));
             FaultPoints.reach("layer.created");
-            return new Layer(id, FileBlockDevice.open(data, false, nativeIo), map, data);
+            return new Layer(id, FileBlockDevice.open(data, false, io), map, data);
         } catch (final IOException | RuntimeException e) {
             map.close();
-            Files.deleteIfExists(data);
-            Files.deleteIfExists(mapPath(dir, id));
+            io.deleteIfExists(data);
+            io.deleteIfExists(mapPath(dir, id));
             throw e;
         }
     }
 
     private void createSparse(final Path data) throws IOException {
-        Files.createFile(data, OWNER_ONLY);
-        try (java.io.RandomAccessFile file = new java.io.RandomAccessFile(data.toFile(), "rw")) {
-            file.setLength(size); // ftruncate: a hole of the full size
-            file.getFD().sync();
-        }
+        io.open(data, java.util.Set.of(StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE), OWNER_ONLY).close();
+        io.setLength(data, size); // ftruncate: a hole of the full size
     }
 
     /**
@@ -1207,9 +1218,9 @@ public final class LayeredDevice implements LayeredBlockDevice {
 
     private void deleteFiles(final Layer layer) {
         try {
-            Files.deleteIfExists(layer.dataPath());
+            io.deleteIfExists(layer.dataPath());
             if (!layer.isBase()) {
-                Files.deleteIfExists(layer.map().path());
+                io.deleteIfExists(layer.map().path());
             }
         } catch (final IOException e) {
             LOG.warn("{}: cannot delete the files of layer {}: {}; 'nbdtail check --repair' removes them later",
@@ -1223,7 +1234,7 @@ public final class LayeredDevice implements LayeredBlockDevice {
      */
     private void commit(final Manifest next) throws IOException {
         try {
-            next.write(dir);
+            next.write(dir, io);
         } catch (final IOException e) {
             broken = StorageException.of("writing the manifest of " + dir, e);
             LOG.error("{}: writing the manifest failed ({}); the volume stops taking writes until it is restarted"

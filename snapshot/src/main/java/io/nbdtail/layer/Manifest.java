@@ -4,6 +4,7 @@ import com.fasterxml.jackson.annotation.JsonInclude;
 import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.SerializationFeature;
+import io.nbdtail.storage.StorageIo;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -13,7 +14,6 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
 import java.util.List;
@@ -266,22 +266,21 @@ public record Manifest(int formatVersion, long generation, UUID volumeId, long s
 
     /** Replaces {@code dir/manifest} with this one atomically and durably. */
     public void write(final Path dir) throws IOException {
+        write(dir, StorageIo.get());
+    }
+
+    /** {@link #write(Path)} through {@code io}. */
+    public void write(final Path dir, final StorageIo io) throws IOException {
         final Path temp = dir.resolve(FILE + ".tmp");
-        try (FileChannel channel = FileChannel.open(temp, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
-            StandardOpenOption.TRUNCATE_EXISTING)) {
+        try (FileChannel channel = io.open(temp, java.util.Set.of(StandardOpenOption.CREATE, StandardOpenOption.WRITE,
+            StandardOpenOption.TRUNCATE_EXISTING))) {
             ClusterMap.writeFully(channel, ByteBuffer.wrap(encode()), 0);
             channel.force(true);
         }
         FaultPoints.reach("manifest.temp-written");
-        Files.move(temp, dir.resolve(FILE), StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+        io.move(temp, dir.resolve(FILE));
         FaultPoints.reach("manifest.renamed");
-        syncDirectory(dir);
+        io.syncDirectory(dir);
         FaultPoints.reach("manifest.dir-synced");
-    }
-
-    static void syncDirectory(final Path dir) throws IOException {
-        try (FileChannel channel = FileChannel.open(dir, StandardOpenOption.READ)) {
-            channel.force(true);
-        }
     }
 }

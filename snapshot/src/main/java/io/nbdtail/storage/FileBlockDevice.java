@@ -8,6 +8,7 @@ import java.nio.ByteBuffer;
 import java.nio.channels.FileChannel;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
+import java.util.Set;
 import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
@@ -28,6 +29,7 @@ public final class FileBlockDevice implements BlockDevice {
 
     private final Path path;
     private final FileChannel channel;
+    private final StorageIo io;
     private final NativeIo nativeIo;
     private final int fd;
     private final boolean blockDevice;
@@ -43,11 +45,12 @@ public final class FileBlockDevice implements BlockDevice {
      */
     private volatile boolean holeFree;
 
-    private FileBlockDevice(final Path path, final FileChannel channel, final NativeIo nativeIo, final int fd,
+    private FileBlockDevice(final Path path, final FileChannel channel, final StorageIo io, final int fd,
                             final boolean blockDevice, final boolean readOnly, final long size) {
         this.path = path;
         this.channel = channel;
-        this.nativeIo = nativeIo;
+        this.io = io;
+        this.nativeIo = io.nativeIo();
         this.fd = fd;
         this.blockDevice = blockDevice;
         this.readOnly = readOnly;
@@ -76,6 +79,13 @@ public final class FileBlockDevice implements BlockDevice {
      */
     public static FileBlockDevice open(final Path path, final boolean readOnly, final NativeIo nativeIo)
         throws IOException {
+        return open(path, readOnly, StorageIo.of(nativeIo));
+    }
+
+    /** Opens a file or block device through {@code io} (which the power-cut tests record). */
+    public static FileBlockDevice open(final Path path, final boolean readOnly, final StorageIo io)
+        throws IOException {
+        final NativeIo nativeIo = io.nativeIo();
         final int probe = nativeIo.open(path.toString(), NativeIo.O_RDONLY);
         final boolean isBlock;
         try {
@@ -96,10 +106,10 @@ public final class FileBlockDevice implements BlockDevice {
         }
         FileChannel channel = null;
         try {
-            channel = readOnly ? FileChannel.open(path, StandardOpenOption.READ)
-                : FileChannel.open(path, StandardOpenOption.READ, StandardOpenOption.WRITE);
+            channel = io.open(path, readOnly ? Set.of(StandardOpenOption.READ)
+                : Set.of(StandardOpenOption.READ, StandardOpenOption.WRITE));
             final long size = isBlock ? nativeIo.blockDeviceSize(fd) : channel.size();
-            return new FileBlockDevice(path, channel, nativeIo, fd, isBlock, readOnly, size);
+            return new FileBlockDevice(path, channel, io, fd, isBlock, readOnly, size);
         } catch (final IOException | RuntimeException e) {
             if (channel != null) {
                 channel.close();
@@ -325,10 +335,9 @@ public final class FileBlockDevice implements BlockDevice {
                 + " to " + newSize + " bytes");
         }
         holeFree = false;
-        try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(path.toFile(), "rw")) {
+        try {
             // ftruncate upwards: the new range is a hole, so growing costs no space and reads as zeros.
-            f.setLength(newSize);
-            f.getFD().sync();
+            io.setLength(path, newSize);
         } catch (final IOException e) {
             throw StorageException.of("grow " + path + " to " + newSize, e);
         }

@@ -17,6 +17,7 @@ import io.nbdtail.layer.LayeredDevice;
 import io.nbdtail.layer.Manifest;
 import io.nbdtail.layer.NeedsCheckException;
 import io.nbdtail.storage.FileBlockDevice;
+import io.nbdtail.storage.StorageIo;
 import io.nbdtail.storage.nativeio.NativeIo;
 import io.nbdtail.storage.nativeio.NativeIoException;
 import org.slf4j.Logger;
@@ -110,11 +111,14 @@ public final class VolumeService {
     private final Path dataDir;
     private final Path volumesDir;
     private final NativeIo nativeIo;
+    /** What opened volumes change their files through; {@link #nativeIo} is its system-call half. */
+    private final StorageIo io;
 
-    private VolumeService(final Path dataDir, final NativeIo nativeIo) {
+    private VolumeService(final Path dataDir, final StorageIo io) {
         this.dataDir = dataDir;
         this.volumesDir = dataDir.resolve(VOLUMES);
-        this.nativeIo = nativeIo;
+        this.io = io;
+        this.nativeIo = io.nativeIo();
     }
 
     /** {@link #open(Path, NativeIo)} with the platform's {@link NativeIo}. */
@@ -129,14 +133,23 @@ public final class VolumeService {
      * @throws VolumeException {@code IO_ERROR} if the directory cannot be created.
      */
     public static VolumeService open(final Path dataDir, final NativeIo nativeIo) throws VolumeException {
-        Objects.requireNonNull(dataDir, "dataDir");
         Objects.requireNonNull(nativeIo, "nativeIo");
+        return open(dataDir, StorageIo.of(nativeIo));
+    }
+
+    /**
+     * {@link #open(Path, NativeIo)} with the files of opened volumes changed through {@code io} (the power-cut
+     * tests record them).
+     */
+    public static VolumeService open(final Path dataDir, final StorageIo io) throws VolumeException {
+        Objects.requireNonNull(dataDir, "dataDir");
+        Objects.requireNonNull(io, "io");
         final Path dir = dataDir.toAbsolutePath().normalize();
         if (Files.exists(dir) && !Files.isDirectory(dir)) {
             throw new VolumeException(VolumeException.Code.IO_ERROR, "data directory " + dir + " is not a directory;"
                 + " give the path of a directory (it is created if missing)");
         }
-        final VolumeService service = new VolumeService(dir, nativeIo);
+        final VolumeService service = new VolumeService(dir, io);
         try {
             Files.createDirectories(service.volumesDir);
         } catch (final IOException e) {
@@ -576,7 +589,7 @@ public final class VolumeService {
                 }
                 // the oldest snapshot, which held data.raw, was deleted: the layers hold everything
                 final LayeredDevice layers = LayeredDevice.open(dir, metadata.id(), metadata.size(), null, null,
-                    nativeIo, metadata.readOnly());
+                    io, metadata.readOnly());
                 try {
                     layers.resumePending();
                 } catch (final IOException | RuntimeException e) {
@@ -586,10 +599,10 @@ public final class VolumeService {
                 opened = true;
                 return new Volume(metadata, layers, storageExecutor, lock);
             }
-            device = FileBlockDevice.open(data, metadata.readOnly(), nativeIo);
+            device = FileBlockDevice.open(data, metadata.readOnly(), io);
             final VolumeMetadata current = layered ? metadata : finishInterruptedGrow(dir, metadata, device);
             checkDevice(current, device, data);
-            final LayeredDevice layers = LayeredDevice.open(dir, current.id(), current.size(), device, data, nativeIo,
+            final LayeredDevice layers = LayeredDevice.open(dir, current.id(), current.size(), device, data, io,
                 current.readOnly());
             device = null; // owned by layers now
             try {
@@ -622,7 +635,7 @@ public final class VolumeService {
      * {@link #grow} extends the file first and records the size second; a crash in between leaves a file larger
      * than its record, whose new range is a hole the guest never saw. Finishing the grow loses nothing.
      */
-    private static VolumeMetadata finishInterruptedGrow(final Path dir, final VolumeMetadata metadata,
+    private VolumeMetadata finishInterruptedGrow(final Path dir, final VolumeMetadata metadata,
                                                         final FileBlockDevice device) throws IOException {
         if (metadata.kind() != VolumeMetadata.Kind.FILE || device.isBlockDevice() || device.size() <= metadata.size()
             || device.size() % 512 != 0) {
@@ -997,24 +1010,24 @@ public final class VolumeService {
             + " a backup, or move the volume's directory away to drop the volume", cause);
     }
 
-    private static void writeRecord(final Path dir, final VolumeMetadata metadata) throws IOException {
+    private void writeRecord(final Path dir, final VolumeMetadata metadata) throws IOException {
         writeJson(dir, RECORD, metadata);
     }
 
     /** Replaces {@code dir/name} atomically: a temporary file, fsync, rename, fsync of the directory. */
-    private static void writeJson(final Path dir, final String name, final Object value) throws IOException {
+    private void writeJson(final Path dir, final String name, final Object value) throws IOException {
         final Path temp = dir.resolve(name + ".tmp");
         final byte[] bytes = (JSON.writeValueAsString(value) + "\n").getBytes(StandardCharsets.UTF_8);
-        try (FileChannel channel = FileChannel.open(temp, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
-            StandardOpenOption.TRUNCATE_EXISTING)) {
+        try (FileChannel channel = io.open(temp, Set.of(StandardOpenOption.CREATE, StandardOpenOption.WRITE,
+            StandardOpenOption.TRUNCATE_EXISTING))) {
             final ByteBuffer buffer = ByteBuffer.wrap(bytes);
             while (buffer.hasRemaining()) {
                 channel.write(buffer);
             }
             channel.force(true);
         }
-        Files.move(temp, dir.resolve(name), StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
-        syncDirectory(dir);
+        io.move(temp, dir.resolve(name));
+        io.syncDirectory(dir);
     }
 
     /**

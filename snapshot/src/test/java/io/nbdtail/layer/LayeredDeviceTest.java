@@ -317,6 +317,42 @@ class LayeredDeviceTest {
             .isEqualTo(VolumeException.Code.NEEDS_CHECK);
     }
 
+    @Test
+    void aTornFirstCopyOfAMapPageReadsAsNeverWrittenNotAsCorrupt() throws Exception {
+        volume.layers().createSnapshot("s1", Instant.now());
+        write(0, new byte[] {7});
+        volume.flush(e -> assertThat(e).isNull());
+        final java.util.UUID active = volume.layers().manifest().active().id();
+        volume.close();
+        final Path map = LayeredDevice.mapPath(tmp.resolve("data/volumes/v"), active);
+        try (FileChannel ch = FileChannel.open(map, StandardOpenOption.WRITE)) {
+            // the power cut tore the first copy of page 0 (slot 0) before its sync: its checksum fails
+            ch.write(ByteBuffer.wrap(new byte[] {0x55}), 4096 + 100);
+        }
+        final Checker.Report report = service.check("v", false);
+        assertThat(report.corruptions()).isEmpty();
+        volume = service.openVolume("v", Runnable::run);
+        final ByteBuffer b = ByteBuffer.allocate(1);
+        volume.read(b, 0);
+        assertThat(b.get(0)).isEqualTo((byte) 0);               // the unsynced state is lost, the snapshot's shows
+    }
+
+    @Test
+    void aMapWithBlankPagesGetsItsEmptySpareCopiesWhenOpened() throws Exception {
+        final Path file = tmp.resolve("old.map");
+        final java.util.UUID id = java.util.UUID.randomUUID();
+        ClusterMap.create(file, id, SIZE, CLUSTER).close();
+        try (FileChannel ch = FileChannel.open(file, StandardOpenOption.WRITE)) {
+            ch.write(ByteBuffer.allocate(4096), 2 * 4096);      // slot 1 blank, as maps made before the fix were
+        }
+        ClusterMap.open(file, id, SIZE, CLUSTER, false).close();
+        try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
+            final ByteBuffer spare = ByteBuffer.allocate(4096).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+            ch.read(spare, 2 * 4096);
+            assertThat(spare.flip().getLong(16)).isEqualTo(id.getLeastSignificantBits()); // a valid empty copy again
+        }
+    }
+
     private static void unchecked(final ThrowingRunnable r) {
         try {
             r.run();

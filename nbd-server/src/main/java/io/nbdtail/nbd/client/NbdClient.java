@@ -350,7 +350,7 @@ public final class NbdClient implements AutoCloseable {
 
         private void tlsFailed(final Throwable cause) {
             final Throwable tls = tlsCause(cause);
-            final NbdClientException e = new NbdClientException("TLS with " + address + " failed (" + options.tls
+            final NbdClientException e = new NbdClientException("TLS with " + peer() + " failed (" + options.tls
                 + "): " + (tls != null ? tls.getMessage() : cause.toString()) + "; check that its certificate is signed by our ca-cert.pem and names the"
                 + " host connected to, and that it accepts our certificate or PSK identity", cause, true);
             if (closeReason == null) {
@@ -574,11 +574,16 @@ public final class NbdClient implements AutoCloseable {
             return true;
         }
 
+        /** HOST:PORT as the caller named it. */
+        private String peer() {
+            return address.getHostString() + ":" + address.getPort();
+        }
+
         /** The answer to STARTTLS: an ACK puts TLS in front of this handler; anything else ends the connection. */
         private boolean startTls(final int type, final ByteBuf data, final ByteBuf in) {
             if (type != REP_ACK) {
                 final String message = data.toString(StandardCharsets.UTF_8);
-                final NbdClientException e = new NbdClientException(address + " refused TLS (STARTTLS answered "
+                final NbdClientException e = new NbdClientException(peer() + " refused TLS (STARTTLS answered "
                     + optionErrorName(type) + (message.isEmpty() ? "" : ": " + message) + "); this side is configured"
                     + " for TLS and never falls back to plaintext: turn TLS on there (nbd.tls) or off here", 0,
                     type == 0 ? REP_ERR_POLICY : type, null);
@@ -591,7 +596,7 @@ public final class NbdClient implements AutoCloseable {
             optionQueue.poll();
             if (in.isReadable()) {
                 // Sent in plaintext before our ClientHello: never read as if it had come through TLS.
-                fail(ctx, address + " sent bytes after its STARTTLS acknowledgement, before TLS; refusing them");
+                fail(ctx, peer() + " sent bytes after its STARTTLS acknowledgement, before TLS; refusing them");
                 return false;
             }
             state = State.TLS_HANDSHAKE;

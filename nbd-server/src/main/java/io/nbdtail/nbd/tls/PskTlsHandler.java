@@ -114,6 +114,7 @@ final class PskTlsHandler extends ChannelDuplexHandler {
             // Bouncy Castle has queued the alert: send it, then report and close.
             sendOutput(ctx);
             if (!announced) {
+                announced = true;
                 final SSLHandshakeException failed = new SSLHandshakeException("TLS-PSK handshake failed: "
                     + e.getMessage());
                 failed.initCause(e);

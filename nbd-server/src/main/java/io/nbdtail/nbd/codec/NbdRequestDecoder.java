@@ -55,6 +55,8 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
     private long decoded;
     /** The payload being gathered in {@link State#READ_PAYLOAD}; owned by the decoder until it is handed on. */
     private ByteBuf payload;
+    /** Whether the socket's bytes are the decoder's bytes, so that payloads may be read straight from it. */
+    private final boolean directReceive;
 
     /**
      * @param maxPayload the largest WRITE payload that is accepted and buffered.
@@ -62,6 +64,16 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
      *                   ending the connection.
      */
     public NbdRequestDecoder(final int maxPayload, final long maxDiscard) {
+        this(maxPayload, maxDiscard, true);
+    }
+
+    /**
+     * @param directReceive {@code false} when a handler in front of the decoder transforms the bytes (TLS): the
+     *                      socket must then never read into a payload buffer, because what it reads is
+     *                      ciphertext that the TLS handler has to see first.
+     */
+    public NbdRequestDecoder(final int maxPayload, final long maxDiscard, final boolean directReceive) {
+        this.directReceive = directReceive;
         if (maxPayload <= 0 || maxDiscard < maxPayload) {
             throw new IllegalArgumentException("need 0 < maxPayload <= maxDiscard: maxPayload=" + maxPayload
                 + ", maxDiscard=" + maxDiscard);
@@ -175,7 +187,8 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
 
     @Override
     public void handlerAdded(final ChannelHandlerContext ctx) {
-        if (ctx.channel().config().getRecvByteBufAllocator() instanceof PayloadRecvByteBufAllocator a) {
+        if (directReceive
+            && ctx.channel().config().getRecvByteBufAllocator() instanceof PayloadRecvByteBufAllocator a) {
             a.register(this);
         }
     }

@@ -499,7 +499,8 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
             String.valueOf(ctx.channel().remoteAddress()), export == mirrorExport);
         final ChannelPipeline pipeline = ctx.pipeline();
         pipeline.addAfter(ctx.name(), "nbd-request-decoder",
-            new NbdRequestDecoder(config.maxPayload, config.maxDiscardedPayload));
+            // With TLS, socket reads are ciphertext for the TLS handler: never straight into a payload buffer.
+            new NbdRequestDecoder(config.maxPayload, config.maxDiscardedPayload, !tlsActive));
         pipeline.addAfter("nbd-request-decoder", "nbd-transmission", new NbdTransmissionHandler(context, session));
         pipeline.remove(this);
     }

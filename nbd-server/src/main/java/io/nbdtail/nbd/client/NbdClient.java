@@ -1,5 +1,6 @@
 package io.nbdtail.nbd.client;
 
+import io.nbdtail.nbd.tls.ClientTls;
 import io.netty.bootstrap.Bootstrap;
 import io.netty.buffer.ByteBuf;
 import io.netty.buffer.PooledByteBufAllocator;
@@ -16,7 +17,6 @@ import io.netty.channel.nio.NioIoHandler;
 import io.netty.channel.socket.nio.NioSocketChannel;
 import io.netty.handler.codec.ByteToMessageDecoder;
 import io.netty.handler.ssl.SslHandshakeCompletionEvent;
-import io.nbdtail.nbd.tls.ClientTls;
 import io.netty.util.ReferenceCountUtil;
 import io.netty.util.concurrent.ScheduledFuture;
 
@@ -325,7 +325,7 @@ public final class NbdClient implements AutoCloseable {
 
         @Override
         public void exceptionCaught(final ChannelHandlerContext ctx, final Throwable cause) {
-            if (!ready.isDone() && options.tls != null && isTls(cause)) {
+            if (!ready.isDone() && options.tls != null && tlsCause(cause) != null) {
                 // In TLS 1.3 the server checks our certificate after our side has finished the handshake: its
                 // refusal arrives as an alert while the options are under way.
                 tlsFailed(cause);
@@ -344,15 +344,12 @@ public final class NbdClient implements AutoCloseable {
             return null;
         }
 
-        private static boolean isTls(final Throwable cause) {
-            return tlsCause(cause) != null;
-        }
-
         private void tlsFailed(final Throwable cause) {
             final Throwable tls = tlsCause(cause);
             final NbdClientException e = new NbdClientException("TLS with " + peer() + " failed (" + options.tls
-                + "): " + (tls != null ? tls.getMessage() : cause.toString()) + "; check that its certificate is signed by our ca-cert.pem and names the"
-                + " host connected to, and that it accepts our certificate or PSK identity", cause, true);
+                + "): " + (tls != null ? tls.getMessage() : cause.toString()) + "; check that its certificate is"
+                + " signed by our ca-cert.pem and names the host connected to, and that it accepts our certificate"
+                + " or PSK identity", cause, true);
             if (closeReason == null) {
                 closeReason = e.getMessage();
             }
@@ -586,7 +583,7 @@ public final class NbdClient implements AutoCloseable {
                 final NbdClientException e = new NbdClientException(peer() + " refused TLS (STARTTLS answered "
                     + optionErrorName(type) + (message.isEmpty() ? "" : ": " + message) + "); this side is configured"
                     + " for TLS and never falls back to plaintext: turn TLS on there (nbd.tls) or off here", 0,
-                    type == 0 ? REP_ERR_POLICY : type, null);
+                    (type & 0x8000_0000) != 0 ? type : REP_ERR_POLICY, null);
                 closeReason = e.getMessage();
                 ready.completeExceptionally(e);
                 state = State.DONE;

@@ -488,6 +488,9 @@ public final class ApiServer implements AutoCloseable {
             || owner.state().equals(Ownership.HANDING_OVER)) {
             node.put("movedTo", owner.peer());
         }
+        if (owner.state().equals(Ownership.RECEIVING) && owner.sourceIdentity() != null) {
+            node.put("sourceIdentity", owner.sourceIdentity());
+        }
         node.put("readOnly", m.readOnly());
         node.put("description", m.description());
         node.put("created", m.created().toString());
@@ -714,7 +717,7 @@ public final class ApiServer implements AutoCloseable {
     // ------------------------------------------------------------------------------------------------ mirroring
 
     /** Body of POST /v1/volumes/{name}/receive. */
-    private record Receive(Long size, String token, String source) {
+    private record Receive(Long size, String token, String source, String sourceIdentity) {
     }
 
     private Reply receive(final Request request) throws Exception {
@@ -727,7 +730,7 @@ public final class ApiServer implements AutoCloseable {
                 + " the source's mirror request must present the same");
         }
         return Reply.json(201, volume(tail.mirrors().receive(request.param(1), body.size(), body.token(),
-            body.source())));
+            body.source(), body.sourceIdentity())));
     }
 
     /** Body of PUT /v1/volumes/{name}/address. */

@@ -8,6 +8,9 @@ import io.nbdtail.nbd.client.NbdClient;
 import io.nbdtail.nbd.engine.Export;
 import io.nbdtail.nbd.engine.MirrorPeer;
 import io.nbdtail.nbd.engine.NbdTransmissionHandler;
+import io.nbdtail.nbd.tls.ClientIdentity;
+import io.nbdtail.nbd.tls.ClientTls;
+import io.nbdtail.nbd.tls.NbdTls;
 import io.nbdtail.replication.CutoverHooks;
 import io.nbdtail.replication.FaultPoints;
 import io.nbdtail.replication.MirrorConfig;
@@ -69,13 +72,28 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
     private final ExecutorService peerThreads = Executors.newVirtualThreadPerTaskExecutor();
     private final ConcurrentHashMap<String, MirrorJob> jobs = new ConcurrentHashMap<>();
     private final ConcurrentHashMap<String, Object> locks = new ConcurrentHashMap<>();
+    private final ClientTls sourceTls;
+    private final NbdTls destinationTls;
     private volatile EventLoopGroup clientGroup;
     private volatile ServiceAddresses addresses;
 
     /** @param defaults tuning of every mirror started here (a request may change the rate and convergence). */
     public MirrorService(final VolumeManager volumes, final MirrorConfig defaults) {
+        this(volumes, defaults, null, null);
+    }
+
+    /**
+     * @param sourceTls      TLS of this tail's connections to destinations ({@code mirror.tls}); {@code null}:
+     *                       plaintext.
+     * @param destinationTls this tail's NBD listener's TLS ({@code nbd.tls}), to check the source identities
+     *                       {@link #receive} names; {@code null}: off.
+     */
+    public MirrorService(final VolumeManager volumes, final MirrorConfig defaults, final ClientTls sourceTls,
+                         final NbdTls destinationTls) {
         this.volumes = volumes;
         this.defaults = defaults.validate();
+        this.sourceTls = sourceTls;
+        this.destinationTls = destinationTls;
     }
 
     /** Where per-volume service addresses are bound; set by the server once it listens. */
@@ -109,6 +127,19 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
      */
     public Export receive(final String name, final long size, final String token, final String source)
         throws VolumeException {
+        return receive(name, size, token, source, null);
+    }
+
+    /**
+     * Like {@link #receive(String, long, String, String)}, and the source must also have proved
+     * {@code sourceIdentity} over TLS ({@code dn:SUBJECT} of its client certificate or {@code psk:IDENTITY}).
+     */
+    public Export receive(final String name, final long size, final String token, final String source,
+                          final String sourceIdentity) throws VolumeException {
+        final ClientIdentity identity = sourceIdentity == null ? null : ClientIdentity.parse(sourceIdentity);
+        if (identity != null) {
+            NbdTls.checkProvable(destinationTls, identity, "sourceIdentity");
+        }
         if (token == null || token.length() < 16) {
             throw new IllegalArgumentException("token must be at least 16 characters; use a random secret shared"
                 + " with the source's mirror request");
@@ -117,15 +148,16 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
             AccessList.parse(List.of(source));
         }
         final Ownership record = new Ownership(Ownership.RECEIVING, 0, source, null, null, sha256(token), null,
-            false, null, Instant.now());
+            false, null, identity == null ? null : identity.toString(), Instant.now());
         final Export export = volumes.createHeld(name, size, record);
-        LOG.info("volume {} created to receive a mirror ({} bytes, source {})", name, size,
-            source == null ? "any address" : source);
+        LOG.info("volume {} created to receive a mirror ({} bytes, source {}{})", name, size,
+            source == null ? "any address" : source, identity == null ? "" : ", TLS identity " + identity);
         return export;
     }
 
     @Override
-    public CompletableFuture<Result> handle(final byte[] request, final SocketAddress client) {
+    public CompletableFuture<Result> handle(final byte[] request, final SocketAddress client,
+                                            final ClientIdentity identity) {
         final CompletableFuture<Result> result = new CompletableFuture<>();
         peerThreads.execute(() -> {
             final JsonNode parsed;
@@ -137,7 +169,7 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
                 return;
             }
             try {
-                result.complete(answer(parsed, client));
+                result.complete(answer(parsed, client, identity));
             } catch (final Refused e) {
                 LOG.warn("mirror request from {} refused: {}", client, e.getMessage());
                 result.completeExceptionally(e);
@@ -151,7 +183,8 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
         return result;
     }
 
-    private Result answer(final JsonNode request, final SocketAddress client) throws Exception {
+    private Result answer(final JsonNode request, final SocketAddress client, final ClientIdentity identity)
+        throws Exception {
         final String op = request.path("op").asText();
         final String name = request.path("volume").asText();
         synchronized (lock(name)) {
@@ -160,7 +193,7 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
             if (op.equals("commit") || op.equals("resolve")) {
                 final Export served = export == null ? findServed(name) : null;
                 final Ownership current = volumes.ownership(name);
-                authenticate(current, request, client, name);
+                authenticate(current, request, client, identity, name);
                 return op.equals("commit") ? commit(name, export, served, current, request)
                     : resolve(name, current, request);
             }
@@ -171,7 +204,7 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
                 throw new Refused(REP_ERR_POLICY, "volume '" + name + "' is not receiving a mirror here, or the token"
                     + " is wrong; ask the destination to receive it first (POST /v1/volumes/" + name + "/receive)");
             }
-            authenticate(owner, request, client, name);
+            authenticate(owner, request, client, identity, name);
             if (op.equals("hello")) {
                 return hello(name, export, owner, request);
             }
@@ -194,10 +227,17 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
     }
 
     private void authenticate(final Ownership owner, final JsonNode request, final SocketAddress client,
-                              final String name) throws Refused {
+                              final ClientIdentity identity, final String name) throws Refused {
         final String token = request.path("token").asText("");
-        if (owner.tokenSha256() == null || !MessageDigest.isEqual(owner.tokenSha256().getBytes(StandardCharsets.UTF_8),
-            sha256(token).getBytes(StandardCharsets.UTF_8))) {
+        final boolean identified = owner.sourceIdentity() == null
+            || identity != null && identity.equals(ClientIdentity.parse(owner.sourceIdentity()));
+        if (!identified) {
+            // Answered exactly like a wrong token; the reason is only in this log.
+            LOG.warn("mirror request for {} from {}: TLS identity {} is not {}, the source named when it was set to"
+                + " receive", name, client, identity == null ? "none (no TLS)" : identity, owner.sourceIdentity());
+        }
+        if (!identified || owner.tokenSha256() == null || !MessageDigest.isEqual(owner.tokenSha256().getBytes(
+            StandardCharsets.UTF_8), sha256(token).getBytes(StandardCharsets.UTF_8))) {
             throw new Refused(REP_ERR_POLICY, "volume '" + name + "' is not receiving a mirror here, or the token is"
                 + " wrong; ask the destination to receive it first (POST /v1/volumes/" + name + "/receive)");
         }
@@ -506,7 +546,7 @@ public final class MirrorService implements MirrorPeer, AutoCloseable {
         }
         config.validate();
         final NbdMirrorTarget target = new NbdMirrorTarget(group(), destination, request.token(),
-            config.requestTimeoutMillis, owner.serviceAddress());
+            config.requestTimeoutMillis, owner.serviceAddress(), sourceTls);
         final MirrorJob job = new MirrorJob(volume, session, request.destination(), target, new Hooks(name),
             config);
         job.start();

@@ -6,6 +6,7 @@ import com.fasterxml.jackson.databind.node.ObjectNode;
 import io.nbdtail.nbd.client.NbdClient;
 import io.nbdtail.nbd.client.NbdClientException;
 import io.nbdtail.nbd.protocol.NbdConstants;
+import io.nbdtail.nbd.tls.ClientTls;
 import io.nbdtail.replication.MirrorRefusedException;
 import io.nbdtail.replication.MirrorSession;
 import io.nbdtail.replication.MirrorTarget;
@@ -26,7 +27,8 @@ import static io.nbdtail.nbd.protocol.NbdConstants.OPT_NBDTAIL_MIRROR;
 /**
  * A destination tail reached over NBD: the hello, commit and resolve requests travel as nbdtail's mirror option
  * in the handshake (JSON, authenticated with the shared token); the data travels as ordinary NBD writes and
- * zeroes on the connection the hello opened, so the receiving export is written by nothing else.
+ * zeroes on the connection the hello opened, so the receiving export is written by nothing else. With TLS
+ * ({@code mirror.tls}), every one of these connections starts with STARTTLS.
  */
 final class NbdMirrorTarget implements MirrorTarget {
     private final EventLoopGroup group;
@@ -34,15 +36,17 @@ final class NbdMirrorTarget implements MirrorTarget {
     private final String token;
     private final long timeoutMillis;
     private final String serviceAddress;
+    private final ClientTls tls;
     private final ObjectMapper json = VolumeService.mapper();
 
     NbdMirrorTarget(final EventLoopGroup group, final InetSocketAddress address, final String token,
-                    final long timeoutMillis, final String serviceAddress) {
+                    final long timeoutMillis, final String serviceAddress, final ClientTls tls) {
         this.group = group;
         this.address = address;
         this.token = token == null ? "" : token;
         this.timeoutMillis = timeoutMillis;
         this.serviceAddress = serviceAddress;
+        this.tls = tls;
     }
 
     private ObjectNode request(final String op, final MirrorSession session, final long epoch) {
@@ -72,6 +76,7 @@ final class NbdMirrorTarget implements MirrorTarget {
         options.optionsOnly = optionsOnly;
         options.requestTimeoutMillis = timeoutMillis;
         options.connectTimeoutMillis = Math.min(timeoutMillis, 15_000);
+        options.tls = tls;
         return options;
     }
 
@@ -80,8 +85,11 @@ final class NbdMirrorTarget implements MirrorTarget {
      * ({@code ERR_PLATFORM}, {@code ERR_SHUTDOWN}: a disc error, a server stopping) is retried like a broken link.
      */
     private static IOException translate(final NbdClientException e) {
+        // A refusal (of an option, STARTTLS included) or a failed TLS handshake is an answer: final. A fault on
+        // the destination's side is not.
         final int reply = e.optionReply();
         return reply != 0 && reply != NbdConstants.REP_ERR_PLATFORM && reply != NbdConstants.REP_ERR_SHUTDOWN
+            || e.tlsRefused()
             ? new MirrorRefusedException("the destination refused: " + e.getMessage(), e) : e;
     }
 

@@ -2,6 +2,7 @@ package io.nbdtail.server;
 
 import io.nbdtail.api.ApiServer;
 import io.nbdtail.api.OperationManager;
+import io.nbdtail.nbd.tls.ClientTls;
 import io.nbdtail.nbd.transport.NbdServer;
 import io.nbdtail.storage.StorageExecutor;
 import io.nbdtail.volume.VolumeException;
@@ -38,6 +39,8 @@ public final class NbdTail implements AutoCloseable {
     private ApiServer api;
 
     private NbdTail(final Path dataDir, final ServerConfig config) throws Exception {
+        // Checked before anything is opened: a bad mirror.tls fails the start without leaving a lock behind.
+        final ClientTls mirrorTls = ClientTls.create(config.mirror.tls, "mirror.tls");
         this.config = config;
         this.dataDir = dataDir.toAbsolutePath().normalize();
         this.volumes = VolumeService.open(dataDir);
@@ -46,7 +49,7 @@ public final class NbdTail implements AutoCloseable {
         this.manager = new VolumeManager(volumes, storage, config.api.defaultAllow());
         this.nbd = new NbdServer(config.nbd, manager, storage);
         this.operations = new OperationManager(this.dataDir, VolumeService.mapper());
-        this.mirrors = new MirrorService(manager, config.mirror);
+        this.mirrors = new MirrorService(manager, config.mirror, mirrorTls, nbd.context().tls());
         this.addresses = new ServiceAddresses(nbd, manager);
         this.mirrors.addresses(addresses);
         this.nbd.context().mirrorPeer(mirrors);

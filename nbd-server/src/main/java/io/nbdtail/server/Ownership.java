@@ -21,37 +21,39 @@ import java.time.Instant;
  * @param written          whether any session has written to a receiving volume (else holes need not be sent).
  * @param serviceAddress   the volume's own {@code ADDR:PORT}, bound (with IP_FREEBIND) while this tail serves it
  *                         and taken over by the destination of a mirror; {@code null}: only the server's listener.
+ * @param sourceIdentity   the TLS identity ({@code dn:SUBJECT} or {@code psk:IDENTITY}) a mirror source must have
+ *                         proved, in addition to the token; {@code null}: any (or no) TLS.
  * @param changed          when the record was written.
  */
 public record Ownership(String state, long epoch, String peer, String session, String cancelledSession,
                         String tokenSha256, String originId, boolean written, String serviceAddress,
-                        Instant changed) {
+                        String sourceIdentity, Instant changed) {
     public static final String SERVING = "serving";
     public static final String RECEIVING = "receiving";
     public static final String HANDING_OVER = "handing-over";
     public static final String MOVED = "moved";
 
     public static final Ownership DEFAULT = new Ownership(SERVING, 0, null, null, null, null, null, false, null,
-        null);
+        null, null);
 
     public Ownership with(final String newState, final long newEpoch, final String newPeer) {
         return new Ownership(newState, newEpoch, newPeer, session, cancelledSession, tokenSha256, originId, written,
-            serviceAddress, Instant.now());
+            serviceAddress, sourceIdentity, Instant.now());
     }
 
     public Ownership withSession(final String newSession, final String newOriginId, final long newEpoch) {
         return new Ownership(state, newEpoch, peer, newSession, cancelledSession, tokenSha256, newOriginId, true,
-            serviceAddress, Instant.now());
+            serviceAddress, sourceIdentity, Instant.now());
     }
 
     public Ownership cancel() {
         return new Ownership(state, epoch, peer, null, session, tokenSha256, originId, written, serviceAddress,
-            Instant.now());
+            sourceIdentity, Instant.now());
     }
 
     public Ownership withServiceAddress(final String address) {
         return new Ownership(state, epoch, peer, session, cancelledSession, tokenSha256, originId, written, address,
-            Instant.now());
+            sourceIdentity, Instant.now());
     }
 
     public boolean served() {

@@ -6,6 +6,7 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import io.nbdtail.replication.MirrorConfig;
 import io.nbdtail.api.ApiConfig;
 import io.nbdtail.nbd.engine.NbdServerConfig;
+import io.nbdtail.nbd.tls.ClientTlsConfig;
 
 import java.io.IOException;
 import java.nio.file.Files;
@@ -19,7 +20,8 @@ import java.nio.file.Path;
  *   "listen": "127.0.0.1:10809",
  *   "nbd": { "maxConnections": 1024, "handshakeTimeoutMillis": 10000, ... },
  *   "api": { "listen": "127.0.0.1:10810", "tokenFile": "...", "aclDefault": "allow", "tls": { ... } },
- *   "mirror": { "maxInFlight": 16, "convergeMillis": 500, "requestTimeoutMillis": 60000, ... }
+ *   "mirror": { "maxInFlight": 16, "convergeMillis": 500, "requestTimeoutMillis": 60000, ...,
+ *               "tls": { "mode": "required", "certificates": "/etc/nbdtail/tls" } }
  * }
  * </pre>
  * The {@code nbd} keys are the fields of {@link NbdServerConfig}, the {@code api} keys those of {@link ApiConfig}. Unknown keys are an error, so that a typo
@@ -31,8 +33,15 @@ public final class ServerConfig {
     public String listen = "127.0.0.1:10809";
     public NbdServerConfig nbd = new NbdServerConfig();
     public ApiConfig api = new ApiConfig();
-    /** Defaults of live mirrors started on this server (the fields of {@link MirrorConfig}). */
-    public MirrorConfig mirror = new MirrorConfig();
+    /** Defaults of live mirrors started on this server (the fields of {@link MirrorConfig}, and {@code tls}). */
+    public Mirror mirror = new Mirror();
+
+    /** The {@code mirror} section: the mirror's tuning and how this tail connects to destinations. */
+    @JsonIgnoreProperties(ignoreUnknown = false)
+    public static final class Mirror extends MirrorConfig {
+        /** TLS of this tail's connections to a destination tail, as the source of a mirror. */
+        public ClientTlsConfig tls = new ClientTlsConfig();
+    }
 
     public static ServerConfig load(final Path file) throws IOException {
         final ObjectMapper mapper = new ObjectMapper().enable(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES);
@@ -45,7 +54,7 @@ public final class ServerConfig {
                 config.api = new ApiConfig();
             }
             if (config.mirror == null) {
-                config.mirror = new MirrorConfig();
+                config.mirror = new Mirror();
             }
             return config;
         } catch (final IOException e) {

@@ -28,7 +28,7 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 /** The mirror's NBD client against our server, nbdkit's memory plugin and qemu-nbd. */
 class NbdClientIT {
-    private static final long SIZE = 16L << 20;
+    static final long SIZE = 16L << 20;
 
     @TempDir
     static Path dir;
@@ -121,7 +121,7 @@ class NbdClientIT {
     }
 
     /** Random writes with 64 in flight, zeroes, trims and a flush, then everything read back and compared. */
-    private static void exercise(final NbdClient client) throws Exception {
+    static void exercise(final NbdClient client) throws Exception {
         final byte[] model = new byte[(int) SIZE];
         final Random random = new Random(42);
         final List<CompletableFuture<Void>> writes = new ArrayList<>();
@@ -170,7 +170,7 @@ class NbdClientIT {
     }
 
     /** An external NBD server on a free port, killed at the end. */
-    private static final class External implements AutoCloseable {
+    static final class External implements AutoCloseable {
         final Process process;
         final int port;
 

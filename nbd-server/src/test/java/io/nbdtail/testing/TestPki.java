@@ -57,8 +57,29 @@ public final class TestPki {
 
     /** {@code DIR/NAME/} with ca-cert.pem, server-cert.pem, server-key.pem for 127.0.0.1 and localhost. */
     public Path server(final String name, final TestPki trustedClients) throws Exception {
-        return leaf(name, "CN=localhost", "server", List.of("-ext", "SAN=ip:127.0.0.1,dns:localhost", "-ext",
+        return server(name, trustedClients, "ip:127.0.0.1,dns:localhost");
+    }
+
+    /** Like {@link #server(String, TestPki)}, for the names and addresses {@code san} (keytool's SAN syntax). */
+    public Path server(final String name, final TestPki trustedClients, final String san) throws Exception {
+        return leaf(name, "CN=localhost", "server", List.of("-ext", "SAN=" + san, "-ext",
             "KU=digitalSignature,keyEncipherment", "-ext", "EKU=serverAuth"), trustedClients.caCert());
+    }
+
+    /**
+     * {@code DIR/NAME/} as a tail's own directory in qemu's layout: ca-cert.pem (this CA), server-cert.pem and
+     * server-key.pem for {@code san}, client-cert.pem and client-key.pem for the subject {@code dn}.
+     */
+    public Path tail(final String name, final String dn, final String san) throws Exception {
+        final Path server = server(name + "-server", this, san);
+        final Path client = client(name + "-client", dn, caCert());
+        final Path out = Files.createDirectories(dir.resolve(name));
+        for (final Path f : List.of(server.resolve("ca-cert.pem"), server.resolve("server-cert.pem"),
+            server.resolve("server-key.pem"), client.resolve("client-cert.pem"), client.resolve("client-key.pem"))) {
+            Files.copy(f, out.resolve(f.getFileName()));
+        }
+        Files.copy(client.resolve("key.p12"), out.resolve("key.p12"));
+        return out;
     }
 
     /**

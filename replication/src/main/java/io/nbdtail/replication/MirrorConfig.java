@@ -1,7 +1,10 @@
 package io.nbdtail.replication;
 
-/** Tuning of one mirror; the defaults suit a 10 GbE link between tails. */
-public final class MirrorConfig {
+/**
+ * Tuning of one mirror; the defaults suit a 10 GbE link between tails. Not final: the server's configuration
+ * file extends it with the transport's settings (TLS).
+ */
+public class MirrorConfig {
     /**
      * Granularity of dirty tracking: a guest write costs the mirror at least one chunk (16 KiB: a bitmap of 8 MiB
      * per TiB, and 4x the copy of a 4 KiB random write).

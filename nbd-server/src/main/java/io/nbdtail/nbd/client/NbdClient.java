@@ -1,5 +1,6 @@
 package io.nbdtail.nbd.client;
 
+import io.nbdtail.nbd.tls.ClientTls;
 import io.netty.bootstrap.Bootstrap;
 import io.netty.buffer.ByteBuf;
 import io.netty.buffer.PooledByteBufAllocator;
@@ -15,6 +16,7 @@ import io.netty.channel.epoll.EpollSocketChannel;
 import io.netty.channel.nio.NioIoHandler;
 import io.netty.channel.socket.nio.NioSocketChannel;
 import io.netty.handler.codec.ByteToMessageDecoder;
+import io.netty.handler.ssl.SslHandshakeCompletionEvent;
 import io.netty.util.ReferenceCountUtil;
 import io.netty.util.concurrent.ScheduledFuture;
 
@@ -42,6 +44,10 @@ import static io.nbdtail.nbd.protocol.NbdConstants.*;
  * a reply that breaks the protocol), the connection is closed and every request in flight fails with errno 0.
  * The client never retries: what to do about a failure is the caller's business.
  *
+ * <p>With {@link Options#tls}, NBD_OPT_STARTTLS is the first option and the TLS handshake runs in the pipeline
+ * before anything else is sent; a server that refuses STARTTLS fails the connection (never a fallback to
+ * plaintext), and so does a TLS handshake that fails.
+ *
  * <p>Thread-safe: requests may be sent from any thread; the connection's state lives on its event loop.
  */
 public final class NbdClient implements AutoCloseable {
@@ -67,6 +73,11 @@ public final class NbdClient implements AutoCloseable {
         public long requestTimeoutMillis = 60_000;
         /** Stop after the extra options (send ABORT) instead of going into transmission. */
         public boolean optionsOnly;
+        /**
+         * TLS: send NBD_OPT_STARTTLS first and do everything else through TLS; {@code null}: plaintext. The server's
+         * certificate must name the host of the address connected to.
+         */
+        public ClientTls tls;
     }
 
     private final Channel channel;
@@ -92,7 +103,7 @@ public final class NbdClient implements AutoCloseable {
      */
     public static NbdClient connect(final EventLoopGroup group, final InetSocketAddress address,
                                     final Options options) throws NbdClientException, InterruptedException {
-        final Handler handler = new Handler(options);
+        final Handler handler = new Handler(options, address);
         final Bootstrap bootstrap = new Bootstrap()
             .group(group)
             .channel(Epoll.isAvailable() && isEpoll(group) ? EpollSocketChannel.class : NioSocketChannel.class)
@@ -255,9 +266,10 @@ public final class NbdClient implements AutoCloseable {
 
     /** The connection's state machine; everything here runs on the channel's event loop. */
     private static final class Handler extends ByteToMessageDecoder {
-        private enum State { GREETING, OPTION_REPLY, REPLY, DONE }
+        private enum State { GREETING, OPTION_REPLY, TLS_HANDSHAKE, REPLY, DONE }
 
         private final Options options;
+        private final InetSocketAddress address;
         final CompletableFuture<Void> ready = new CompletableFuture<>();
         final CompletableFuture<Void> closed = new CompletableFuture<>();
         final List<byte[]> extraReplies = new ArrayList<>();
@@ -274,8 +286,9 @@ public final class NbdClient implements AutoCloseable {
         volatile boolean transmission;
         volatile int inFlight;
 
-        Handler(final Options options) {
+        Handler(final Options options, final InetSocketAddress address) {
             this.options = options;
+            this.address = address;
         }
 
         NbdClientException failure(final String why) {
@@ -312,7 +325,37 @@ public final class NbdClient implements AutoCloseable {
 
         @Override
         public void exceptionCaught(final ChannelHandlerContext ctx, final Throwable cause) {
+            if (!ready.isDone() && options.tls != null && tlsCause(cause) != null) {
+                // In TLS 1.3 the server checks our certificate after our side has finished the handshake: its
+                // refusal arrives as an alert while the options are under way.
+                tlsFailed(cause);
+                return;
+            }
             fail(ctx, "connection to " + ctx.channel().remoteAddress() + " failed: " + cause);
+        }
+
+        /** The TLS failure in {@code cause}'s chain (the JDK's or Bouncy Castle's), or {@code null}. */
+        private static Throwable tlsCause(final Throwable cause) {
+            for (Throwable t = cause; t != null; t = t.getCause()) {
+                if (t instanceof javax.net.ssl.SSLException || t instanceof org.bouncycastle.tls.TlsException) {
+                    return t;
+                }
+            }
+            return null;
+        }
+
+        private void tlsFailed(final Throwable cause) {
+            final Throwable tls = tlsCause(cause);
+            final NbdClientException e = new NbdClientException("TLS with " + peer() + " failed (" + options.tls
+                + "): " + (tls != null ? tls.getMessage() : cause.toString()) + "; check that its certificate is"
+                + " signed by our ca-cert.pem and names the host connected to, and that it accepts our certificate"
+                + " or PSK identity", cause, true);
+            if (closeReason == null) {
+                closeReason = e.getMessage();
+            }
+            ready.completeExceptionally(e);
+            state = State.DONE;
+            ctx.close();
         }
 
         private void fail(final ChannelHandlerContext ctx, final String why) {
@@ -442,7 +485,11 @@ public final class NbdClient implements AutoCloseable {
                         | ((flags & FLAG_NO_ZEROES) != 0 ? CLIENT_FLAG_NO_ZEROES : 0);
                     ctx.write(ctx.alloc().buffer(4).writeInt(clientFlags), ctx.voidPromise());
                     state = State.OPTION_REPLY;
-                    sendNextOption();
+                    if (options.tls != null) {
+                        option(OPT_STARTTLS, new byte[0]);
+                    } else {
+                        sendNextOption();
+                    }
                     return true;
                 }
                 case OPTION_REPLY -> {
@@ -478,6 +525,9 @@ public final class NbdClient implements AutoCloseable {
             if (magic != OPTION_REPLY_MAGIC || expected == null || option != expected) {
                 fail(ctx, "bad option reply from " + ctx.channel().remoteAddress());
                 return false;
+            }
+            if (option == OPT_STARTTLS) {
+                return startTls(type, data, in);
             }
             final boolean extra = currentExtra;
             if ((type & 0x8000_0000) != 0) {
@@ -519,6 +569,60 @@ public final class NbdClient implements AutoCloseable {
                 transmissionFlags = data.getUnsignedShort(data.readerIndex() + 10);
             }
             return true;
+        }
+
+        /** HOST:PORT as the caller named it. */
+        private String peer() {
+            return address.getHostString() + ":" + address.getPort();
+        }
+
+        /** The answer to STARTTLS: an ACK puts TLS in front of this handler; anything else ends the connection. */
+        private boolean startTls(final int type, final ByteBuf data, final ByteBuf in) {
+            if (type != REP_ACK) {
+                final String message = data.toString(StandardCharsets.UTF_8);
+                final NbdClientException e = new NbdClientException(peer() + " refused TLS (STARTTLS answered "
+                    + optionErrorName(type) + (message.isEmpty() ? "" : ": " + message) + "); this side is configured"
+                    + " for TLS and never falls back to plaintext: turn TLS on there (nbd.tls) or off here", 0,
+                    (type & 0x8000_0000) != 0 ? type : REP_ERR_POLICY, null);
+                closeReason = e.getMessage();
+                ready.completeExceptionally(e);
+                state = State.DONE;
+                ctx.close();
+                return false;
+            }
+            optionQueue.poll();
+            if (in.isReadable()) {
+                // Sent in plaintext before our ClientHello: never read as if it had come through TLS.
+                fail(ctx, peer() + " sent bytes after its STARTTLS acknowledgement, before TLS; refusing them");
+                return false;
+            }
+            state = State.TLS_HANDSHAKE;
+            ctx.pipeline().addBefore(ctx.name(), "nbd-client-tls", options.tls.newHandler(ctx.alloc(),
+                address.getHostString(), address.getPort()));
+            return false;
+        }
+
+        @Override
+        public void userEventTriggered(final ChannelHandlerContext ctx, final Object event) throws Exception {
+            if (event instanceof SslHandshakeCompletionEvent done && state == State.TLS_HANDSHAKE) {
+                if (done.isSuccess()) {
+                    state = State.OPTION_REPLY;
+                    sendNextOption();
+                } else {
+                    tlsFailed(done.cause());
+                }
+                return;
+            }
+            super.userEventTriggered(ctx, event);
+        }
+
+        private static String optionErrorName(final int type) {
+            return switch (type) {
+                case REP_ERR_POLICY -> "ERR_POLICY";
+                case REP_ERR_UNSUP -> "ERR_UNSUP";
+                case REP_ERR_INVALID -> "ERR_INVALID";
+                default -> "0x" + Integer.toHexString(type);
+            };
         }
 
         // ------------------------------------------------------------------------------------------ replies

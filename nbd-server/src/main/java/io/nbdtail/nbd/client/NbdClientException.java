@@ -10,6 +10,7 @@ import java.io.IOException;
 public final class NbdClientException extends IOException {
     private final int errno;
     private final int optionReply;
+    private final boolean tlsRefused;
 
     public NbdClientException(final String message) {
         this(message, 0, 0, null);
@@ -23,6 +24,15 @@ public final class NbdClientException extends IOException {
         super(message, cause);
         this.errno = errno;
         this.optionReply = optionReply;
+        this.tlsRefused = false;
+    }
+
+    /** @param tlsRefused the TLS handshake failed: a certificate or key was not accepted by one side. */
+    public NbdClientException(final String message, final Throwable cause, final boolean tlsRefused) {
+        super(message, cause);
+        this.errno = 0;
+        this.optionReply = 0;
+        this.tlsRefused = tlsRefused;
     }
 
     /** The NBD error value of a refused request; 0 if the connection failed instead. */
@@ -35,8 +45,13 @@ public final class NbdClientException extends IOException {
         return optionReply;
     }
 
+    /** Whether the TLS handshake failed (an untrusted or wrong certificate, an unknown PSK identity or key). */
+    public boolean tlsRefused() {
+        return tlsRefused;
+    }
+
     /** Whether the server answered (a refusal is final), rather than the connection failing (worth a retry). */
     public boolean answered() {
-        return errno != 0 || optionReply != 0;
+        return errno != 0 || optionReply != 0 || tlsRefused;
     }
 }

@@ -67,6 +67,8 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
     private final int maxPayload;
     private final long maxDiscard;
     private final BufferBudget budget;
+    /** Whether the socket's bytes are the decoder's bytes, so that payloads may be read straight from it. */
+    private final boolean directReceive;
     private final Runnable wake = this::wake;
     private ChannelHandlerContext ctx;
     /** Whether this connection has logged a direct memory shortage (once is enough). */
@@ -92,11 +94,18 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
      *                   ending the connection.
      */
     public NbdRequestDecoder(final int maxPayload, final long maxDiscard) {
-        this(maxPayload, maxDiscard, BufferBudget.unlimited());
+        this(maxPayload, maxDiscard, BufferBudget.unlimited(), true);
     }
 
-    /** @param budget where every WRITE payload is counted; shared by all connections of a server. */
-    public NbdRequestDecoder(final int maxPayload, final long maxDiscard, final BufferBudget budget) {
+    /**
+     * @param budget        where every WRITE payload is counted; shared by all connections of a server.
+     * @param directReceive {@code false} when a handler in front of the decoder transforms the bytes (TLS): the
+     *                      socket must then never read into a payload buffer, because what it reads is
+     *                      ciphertext that the TLS handler has to see first.
+     */
+    public NbdRequestDecoder(final int maxPayload, final long maxDiscard, final BufferBudget budget,
+                             final boolean directReceive) {
+        this.directReceive = directReceive;
         if (maxPayload <= 0 || maxDiscard < maxPayload) {
             throw new IllegalArgumentException("need 0 < maxPayload <= maxDiscard: maxPayload=" + maxPayload
                 + ", maxDiscard=" + maxDiscard);
@@ -306,7 +315,8 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
     @Override
     public void handlerAdded(final ChannelHandlerContext ctx) {
         this.ctx = ctx;
-        if (ctx.channel().config().getRecvByteBufAllocator() instanceof PayloadRecvByteBufAllocator a) {
+        if (directReceive
+            && ctx.channel().config().getRecvByteBufAllocator() instanceof PayloadRecvByteBufAllocator a) {
             a.register(this);
         }
     }

@@ -1,5 +1,7 @@
 package io.nbdtail.nbd.engine;
 
+import io.nbdtail.nbd.tls.ClientIdentity;
+
 import java.net.SocketAddress;
 import java.util.concurrent.CompletableFuture;
 
@@ -12,11 +14,12 @@ import java.util.concurrent.CompletableFuture;
 public interface MirrorPeer {
     /**
      * @param request the option's data (JSON).
-     * @param client  the connecting address.
+     * @param client   the connecting address.
+     * @param identity what the client proved over TLS on this connection, or {@code null} without TLS.
      * @return the JSON answer and, after a hello, the export this connection may open; or fails with
      * {@link Refused}.
      */
-    CompletableFuture<Result> handle(byte[] request, SocketAddress client);
+    CompletableFuture<Result> handle(byte[] request, SocketAddress client, ClientIdentity identity);
 
     /** @param export the export this connection may then open with GO, or {@code null}. */
     record Result(byte[] reply, Export export) {

@@ -270,7 +270,10 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
      */
     private Export findExport(final ChannelHandlerContext ctx, final String name) {
         final Export export = find(ctx, name);
-        if (export == null || tls == null) {
+        if (export == null || tls == null || export == mirrorExport) {
+            // A receiving volume is opened only by the connection whose mirror hello proved the secret (and the
+            // source's TLS identity, if the receive named one); nbd.tls.authorization is about who may use the
+            // volume once it is served.
             return export;
         }
         final ClientIdentity identity = clientIdentity(ctx);
@@ -458,7 +461,7 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
         data.readBytes(request);
         final int opt = option;
         state = State.PAUSED;
-        peer.handle(request, ctx.channel().remoteAddress()).whenComplete((result, error) ->
+        peer.handle(request, ctx.channel().remoteAddress(), clientIdentity(ctx)).whenComplete((result, error) ->
             ctx.executor().execute(() -> {
                 if (state != State.PAUSED) {
                     return;
@@ -496,7 +499,8 @@ public final class NbdHandshakeHandler extends ByteToMessageDecoder {
             String.valueOf(ctx.channel().remoteAddress()), export == mirrorExport);
         final ChannelPipeline pipeline = ctx.pipeline();
         pipeline.addAfter(ctx.name(), "nbd-request-decoder",
-            new NbdRequestDecoder(config.maxPayload, config.maxDiscardedPayload, context.buffers()));
+            // With TLS, socket reads are ciphertext for the TLS handler: never straight into a payload buffer.
+            new NbdRequestDecoder(config.maxPayload, config.maxDiscardedPayload, context.buffers(), !tlsActive));
         pipeline.addAfter("nbd-request-decoder", "nbd-transmission", new NbdTransmissionHandler(context, session));
         pipeline.remove(this);
     }

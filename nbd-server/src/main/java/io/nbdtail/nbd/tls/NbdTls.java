@@ -37,14 +37,17 @@ public final class NbdTls {
     private final PskKeys psk;
     private final Map<String, Set<ClientIdentity>> authorization;
     private final boolean allowUnlisted;
+    private final boolean verifiesClients;
 
     private NbdTls(final TlsConfig.Mode mode, final SslContext x509, final PskKeys psk,
-                   final Map<String, Set<ClientIdentity>> authorization, final boolean allowUnlisted) {
+                   final Map<String, Set<ClientIdentity>> authorization, final boolean allowUnlisted,
+                   final boolean verifiesClients) {
         this.mode = mode;
         this.x509 = x509;
         this.psk = psk;
         this.authorization = authorization;
         this.allowUnlisted = allowUnlisted;
+        this.verifiesClients = verifiesClients;
     }
 
     /**
@@ -95,7 +98,8 @@ public final class NbdTls {
         };
         final SslContext x509 = certificates ? x509Context(Path.of(config.certificates), config.verifyClients) : null;
         final PskKeys psk = keys ? PskKeys.load(Path.of(config.pskFile)) : null;
-        return new NbdTls(mode, x509, psk, Map.copyOf(authorization), allowUnlisted);
+        return new NbdTls(mode, x509, psk, Map.copyOf(authorization), allowUnlisted,
+            certificates && config.verifyClients);
     }
 
     private static SslContext x509Context(final Path dir, final boolean verifyClients) throws IOException {
@@ -111,11 +115,14 @@ public final class NbdTls {
         }
         final SslContextBuilder builder;
         try {
-            builder = SslContextBuilder.forServer(cert.toFile(), key.toFile());
+            builder = SslContextBuilder.forServer(PemFiles.privateKey(key, "nbd.tls.certificates"),
+                PemFiles.certificates(cert, "nbd.tls.certificates"));
         } catch (final IllegalArgumentException e) {
+            if (e.getMessage() != null && e.getMessage().startsWith("nbd.tls.certificates")) {
+                throw e;
+            }
             throw new IllegalArgumentException("nbd.tls.certificates: cannot load " + cert + " with " + key + " ("
-                + e.getMessage() + "); the key must be an unencrypted PKCS#8 PEM (BEGIN PRIVATE KEY): convert it with"
-                + " 'openssl pkcs8 -topk8 -nocrypt' or 'certtool --to-p8 --null-password'", e);
+                + e.getMessage() + "); the key must be the certificate's, unencrypted", e);
         }
         builder.sslProvider(SslProvider.JDK).protocols(PROTOCOLS);
         if (verifyClients) {
@@ -142,7 +149,7 @@ public final class NbdTls {
         if (x509 != null) {
             return x509.newHandler(alloc);
         }
-        return new PskTlsHandler(psk);
+        return PskTlsHandler.server(psk);
     }
 
     /**
@@ -167,6 +174,28 @@ public final class NbdTls {
         }
         final PskTlsHandler psk = pipeline.get(PskTlsHandler.class);
         return psk != null ? psk.identity() : null;
+    }
+
+    /**
+     * Checks that a client could prove {@code identity} to this server: a certificate subject needs verified
+     * client certificates, a PSK identity a key in the PSK file.
+     *
+     * @param tls this server's TLS, {@code null} when off.
+     * @throws IllegalArgumentException saying why it could never be proved.
+     */
+    public static void checkProvable(final NbdTls tls, final ClientIdentity identity, final String what) {
+        if (tls == null) {
+            throw new IllegalArgumentException(what + " names a TLS identity (" + identity + "), but TLS is off on"
+                + " this tail's NBD listener (nbd.tls.mode); turn it on or leave the identity out");
+        }
+        if (identity instanceof ClientIdentity.Certificate && !tls.verifiesClients) {
+            throw new IllegalArgumentException(what + " names a certificate subject (" + identity + "), but this"
+                + " tail does not verify client certificates (nbd.tls.certificates with verifyClients true)");
+        }
+        if (identity instanceof ClientIdentity.Psk p && (tls.psk == null || tls.psk.key(p.identity()) == null)) {
+            throw new IllegalArgumentException(what + " names PSK identity " + identity + ", which has no key in"
+                + " this tail's nbd.tls.pskFile");
+        }
     }
 
     /**

@@ -6,15 +6,23 @@ import io.netty.buffer.Unpooled;
 import io.netty.channel.ChannelDuplexHandler;
 import io.netty.channel.ChannelHandlerContext;
 import io.netty.channel.ChannelPromise;
+import io.netty.handler.ssl.SslHandshakeCompletionEvent;
 import io.netty.util.ReferenceCountUtil;
+import org.bouncycastle.tls.AlertDescription;
 import org.bouncycastle.tls.BasicTlsPSKExternal;
+import org.bouncycastle.tls.BasicTlsPSKIdentity;
 import org.bouncycastle.tls.CipherSuite;
 import org.bouncycastle.tls.PRFAlgorithm;
+import org.bouncycastle.tls.PSKTlsClient;
 import org.bouncycastle.tls.PSKTlsServer;
 import org.bouncycastle.tls.ProtocolVersion;
 import org.bouncycastle.tls.PskIdentity;
+import org.bouncycastle.tls.TlsAuthentication;
+import org.bouncycastle.tls.TlsClientProtocol;
+import org.bouncycastle.tls.TlsFatalAlert;
 import org.bouncycastle.tls.TlsPSKExternal;
 import org.bouncycastle.tls.TlsPSKIdentityManager;
+import org.bouncycastle.tls.TlsProtocol;
 import org.bouncycastle.tls.TlsServerProtocol;
 import org.bouncycastle.tls.TlsUtils;
 import org.bouncycastle.tls.crypto.TlsCrypto;
@@ -24,10 +32,12 @@ import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.security.SecureRandom;
 import java.util.Vector;
+import javax.net.ssl.SSLHandshakeException;
 
 /**
- * Server-side TLS with pre-shared keys (RFC 4279 and TLS 1.3 external PSKs), for NBD clients that authenticate
- * with a {@code keys.psk} file as qemu ({@code tls-creds-psk}) and libnbd ({@code tls-psk-file}) do.
+ * TLS with pre-shared keys (RFC 4279 and TLS 1.3 external PSKs): on the server for NBD clients that authenticate
+ * with a {@code keys.psk} file as qemu ({@code tls-creds-psk}) and libnbd ({@code tls-psk-file}) do, and on the
+ * client side for a mirror source that presents one identity and key.
  *
  * <p>The JDK's TLS has no PSK cipher suites, and Bouncy Castle's JSSE provider exposes none either (there is no
  * JSSE API for them), so this handler drives Bouncy Castle's own TLS protocol engine in its non-blocking mode:
@@ -35,8 +45,9 @@ import java.util.Vector;
  * {@code readOutput}, and decrypted requests go up the pipeline. It copies through byte arrays, which costs some
  * throughput next to {@link io.netty.handler.ssl.SslHandler}; X.509 connections do not use it.
  *
- * <p>The client's identity is known only once the handshake has finished, that is once the client proved it
- * holds the key: before that {@link #identity()} is {@code null}.
+ * <p>The peer's identity is known only once the handshake has finished, that is once the peer proved it holds
+ * the key: before that {@link #identity()} is {@code null}. The end of the handshake is announced up the pipeline
+ * with an {@link SslHandshakeCompletionEvent}, as {@link io.netty.handler.ssl.SslHandler} does.
  */
 final class PskTlsHandler extends ChannelDuplexHandler {
     private static final TlsCrypto CRYPTO = new BcTlsCrypto(new SecureRandom());
@@ -52,22 +63,43 @@ final class PskTlsHandler extends ChannelDuplexHandler {
     };
 
     private final PskKeys keys;
-    private final TlsServerProtocol protocol = new TlsServerProtocol();
+    private final String clientIdentity;
+    private final byte[] clientKey;
+    private final TlsProtocol protocol;
     private String offered;
     private ClientIdentity identity;
+    private boolean announced;
 
-    PskTlsHandler(final PskKeys keys) {
+    private PskTlsHandler(final PskKeys keys, final String clientIdentity, final byte[] clientKey) {
         this.keys = keys;
+        this.clientIdentity = clientIdentity;
+        this.clientKey = clientKey;
+        this.protocol = keys != null ? new TlsServerProtocol() : new TlsClientProtocol();
     }
 
-    /** The PSK identity the client proved, or {@code null} before the handshake finished. */
+    /** The server side: any identity of {@code keys}. */
+    static PskTlsHandler server(final PskKeys keys) {
+        return new PskTlsHandler(keys, null, null);
+    }
+
+    /** The client side, presenting {@code identity} with {@code key}. */
+    static PskTlsHandler client(final String identity, final byte[] key) {
+        return new PskTlsHandler(null, identity, key.clone());
+    }
+
+    /** The PSK identity the peer proved, or {@code null} before the handshake finished. */
     ClientIdentity identity() {
         return identity;
     }
 
     @Override
     public void handlerAdded(final ChannelHandlerContext ctx) throws Exception {
-        protocol.accept(new Server());
+        if (protocol instanceof TlsServerProtocol server) {
+            server.accept(new Server());
+        } else {
+            ((TlsClientProtocol) protocol).connect(new Client());
+            sendOutput(ctx); // the ClientHello
+        }
     }
 
     @Override
@@ -81,6 +113,13 @@ final class PskTlsHandler extends ChannelDuplexHandler {
         } catch (final IOException e) {
             // Bouncy Castle has queued the alert: send it, then report and close.
             sendOutput(ctx);
+            if (!announced) {
+                announced = true;
+                final SSLHandshakeException failed = new SSLHandshakeException("TLS-PSK handshake failed: "
+                    + e.getMessage());
+                failed.initCause(e);
+                ctx.fireUserEventTriggered(new SslHandshakeCompletionEvent(failed));
+            }
             ctx.fireExceptionCaught(e);
             ctx.close();
             return;
@@ -88,6 +127,11 @@ final class PskTlsHandler extends ChannelDuplexHandler {
             in.release();
         }
         sendOutput(ctx);
+        if (identity != null && !announced) {
+            // Announced only now, outside Bouncy Castle's offerInput: the next handler may write at once.
+            announced = true;
+            ctx.fireUserEventTriggered(SslHandshakeCompletionEvent.SUCCESS);
+        }
         final int n = protocol.getAvailableInputBytes();
         if (n > 0) {
             final ByteBuf plain = ctx.alloc().buffer(n);
@@ -208,6 +252,45 @@ final class PskTlsHandler extends ChannelDuplexHandler {
             super.notifyHandshakeComplete();
             // The Finished messages verified: the client holds the key of the identity it offered.
             identity = offered == null ? null : new ClientIdentity.Psk(offered);
+        }
+    }
+
+    /** The TLS client: one identity and key, TLS 1.3 and 1.2, never a certificate. */
+    private final class Client extends PSKTlsClient {
+        Client() {
+            super(CRYPTO, new BasicTlsPSKIdentity(clientIdentity, clientKey));
+        }
+
+        @Override
+        protected ProtocolVersion[] getSupportedVersions() {
+            return ProtocolVersion.TLSv13.downTo(ProtocolVersion.TLSv12);
+        }
+
+        @Override
+        protected int[] getSupportedCipherSuites() {
+            return TlsUtils.getSupportedCipherSuites(getCrypto(), SUITES);
+        }
+
+        @Override
+        public Vector getExternalPSKs() {
+            final Vector<TlsPSKExternal> psks = new Vector<>();
+            psks.add(new BasicTlsPSKExternal(clientIdentity.getBytes(StandardCharsets.UTF_8),
+                getCrypto().createSecret(clientKey), PRFAlgorithm.tls13_hkdf_sha256));
+            return psks;
+        }
+
+        @Override
+        public TlsAuthentication getAuthentication() throws IOException {
+            // Only reached if the server did not take the key and authenticates with a certificate instead.
+            throw new TlsFatalAlert(AlertDescription.handshake_failure, "the server did not accept PSK identity '"
+                + clientIdentity + "' and offered a certificate instead");
+        }
+
+        @Override
+        public void notifyHandshakeComplete() throws IOException {
+            super.notifyHandshakeComplete();
+            // The server's Finished verified: it holds the same key.
+            identity = new ClientIdentity.Psk(clientIdentity);
         }
     }
 }

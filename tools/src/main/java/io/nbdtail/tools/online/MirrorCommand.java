@@ -43,7 +43,7 @@ public final class MirrorCommand {
         return token;
     }
 
-    /** {@code receive NAME --size SIZE --token-file F [--source ADDR]}, on the destination. */
+    /** {@code receive NAME --size SIZE --token-file F [--source ADDR] [--source-identity ID]}, on the destination. */
     @Command(name = "receive", mixinStandardHelpOptions = true,
         description = "On the destination: create an empty volume that receives NAME from a source tail.")
     static final class Receive implements Callable<Integer> {
@@ -65,6 +65,10 @@ public final class MirrorCommand {
         @Option(names = "--source", paramLabel = "ADDR", description = "Accept the mirror only from this address"
             + " or network (CIDR).")
         private String source;
+        @Option(names = "--source-identity", paramLabel = "ID", description = "Accept the mirror only from a source"
+            + " that proved this TLS identity: dn:SUBJECT of its client certificate (dn:CN=tail-3,O=Storage) or"
+            + " psk:IDENTITY. Needs nbd.tls on this tail.")
+        private String sourceIdentity;
         @Option(names = "--json", description = "Print the volume as JSON.")
         private boolean json;
 
@@ -75,6 +79,9 @@ public final class MirrorCommand {
             body.put("token", token(token, tokenFile));
             if (source != null) {
                 body.put("source", source);
+            }
+            if (sourceIdentity != null) {
+                body.put("sourceIdentity", sourceIdentity);
             }
             try (ApiClient api = server.connect()) {
                 final JsonNode volume = api.post("/v1/volumes/" + ApiClient.segment(name) + "/receive", body);

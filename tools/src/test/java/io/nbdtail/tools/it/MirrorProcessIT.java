@@ -4,6 +4,8 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import io.nbdtail.testing.ExternalTool;
+import io.nbdtail.testing.TestPki;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
@@ -112,19 +114,67 @@ class MirrorProcessIT {
     @ParameterizedTest(name = "queue depth {0}")
     @ValueSource(ints = {1, 32})
     void qemuWritesThroughTheVolumeAddressAcrossTheCutoverWithoutAnError(final int queueDepth) throws Exception {
+        moveUnderQemu(queueDepth, "127.0.0.10", null);
+    }
+
+    /**
+     * The central test with TLS everywhere (issue #7), from configuration files: both tails require TLS on their
+     * NBD listener and use it as a mirror source (one certificate directory each, in qemu's layout); only qemu's
+     * host may open the volume ({@code unlistedVolumes: deny}); the destination accepts the mirror only from the
+     * source's certificate. qemu writes through the volume's own address over TLS across the cutover.
+     */
+    @Test
+    void qemuOverTlsAcrossTheCutoverOfAMirrorOverTls() throws Exception {
+        final String host = "127.0.0.14";
+        final TestPki pki = TestPki.create(dir.resolve("pki"), "storage-ca");
+        final String san = "ip:127.0.0.1,ip:" + host;
+        final Path qemuCerts = pki.client("qemu", "CN=qemu-host,O=Tenant", pki.caCert());
+        final Path[] configs = new Path[2];
+        final String[] names = {"tail-src", "tail-dst"};
+        for (int i = 0; i < 2; i++) {
+            final Path own = pki.tail(names[i], "CN=" + names[i] + ",O=Storage", san);
+            final ObjectNode tls = json("mode", "required", "certificates", own.toString(), "unlistedVolumes", "deny");
+            tls.putObject("authorization").putArray("vm1").add("dn:CN=qemu-host,O=Tenant");
+            final ObjectNode config = JSON.createObjectNode();
+            config.putObject("nbd").set("tls", tls);
+            config.putObject("mirror").set("tls", json("mode", "required", "certificates", own.toString()));
+            configs[i] = Files.writeString(dir.resolve(names[i] + ".json"), JSON.writeValueAsString(config));
+        }
+        moveUnderQemu(1, host, new Tls(configs[0], configs[1], "dn:CN=tail-src,O=Storage", qemuCerts));
+    }
+
+    /** Configuration files of the two tails, the source's identity the destination checks, qemu's directory. */
+    private record Tls(Path sourceConfig, Path destinationConfig, String sourceIdentity, Path qemuCerts) {
+    }
+
+    private void moveUnderQemu(final int queueDepth, final String host, final Tls tls) throws Exception {
         ExternalTool.requireTool("qemu-io");
         final Path srcDir = dir.resolve("src");
         final Path dstDir = dir.resolve("dst");
-        try (ServerProcess source = ServerProcess.start(srcDir, dir.resolve("src.log"));
-             ServerProcess destination = ServerProcess.start(dstDir, dir.resolve("dst.log"))) {
-            final int port = freePort("127.0.0.10");
-            final String address = "127.0.0.10:" + port;
+        try (ServerProcess source = ServerProcess.start(srcDir, dir.resolve("src.log"),
+                tls == null ? null : tls.sourceConfig());
+             ServerProcess destination = ServerProcess.start(dstDir, dir.resolve("dst.log"),
+                tls == null ? null : tls.destinationConfig())) {
+            final int port = freePort(host);
+            final String address = host + ":" + port;
             assertThat(api(source, srcDir, "POST", "/v1/volumes", json("name", "vm1", "size", SIZE)).status())
                 .isEqualTo(201);
             assertThat(api(source, srcDir, "PUT", "/v1/volumes/vm1/address", json("address", address)).status())
                 .isEqualTo(200);
-            assertThat(api(destination, dstDir, "POST", "/v1/volumes/vm1/receive",
-                json("size", SIZE, "token", TOKEN)).status()).isEqualTo(201);
+            final ObjectNode receive = json("size", SIZE, "token", TOKEN);
+            if (tls != null) {
+                // Another tail's identity first: refused at once, exactly like a wrong token.
+                assertThat(api(destination, dstDir, "POST", "/v1/volumes/vm1/receive",
+                    json("size", SIZE, "token", TOKEN, "sourceIdentity", "dn:CN=tail-x,O=Storage")).status())
+                    .isEqualTo(201);
+                final Answer refused = api(source, srcDir, "POST", "/v1/volumes/vm1/mirror",
+                    json("destination", "127.0.0.1:" + destination.port(), "token", TOKEN));
+                assertThat(refused.status()).as("%s", refused.body()).isEqualTo(409);
+                assertThat(refused.body().toString()).contains("the token is wrong");
+                assertThat(api(destination, dstDir, "DELETE", "/v1/volumes/vm1", null).status()).isEqualTo(204);
+                receive.put("sourceIdentity", tls.sourceIdentity());
+            }
+            assertThat(api(destination, dstDir, "POST", "/v1/volumes/vm1/receive", receive).status()).isEqualTo(201);
 
             // Writes of 4..64 KiB with a pattern byte each; within a burst each goes to its own 64 KiB slot.
             final byte[] model = new byte[(int) SIZE];
@@ -153,9 +203,11 @@ class MirrorProcessIT {
             }
             final Path scriptFile = dir.resolve("writes.qemu-io");
             Files.writeString(scriptFile, script);
-            final ProcessBuilder qemu = new ProcessBuilder("sh", "-c", "qemu-io --image-opts"
-                + " driver=nbd,server.type=inet,server.host=127.0.0.10,server.port=" + port
-                + ",export=vm1,reconnect-delay=60 < " + scriptFile).redirectErrorStream(true)
+            final ProcessBuilder qemu = new ProcessBuilder("sh", "-c", "qemu-io"
+                + (tls == null ? "" : " --object tls-creds-x509,id=tls0,endpoint=client,dir=" + tls.qemuCerts())
+                + " --image-opts driver=nbd,server.type=inet,server.host=" + host + ",server.port=" + port
+                + ",export=vm1,reconnect-delay=60" + (tls == null ? "" : ",tls-creds=tls0") + " < " + scriptFile)
+                .redirectErrorStream(true)
                 .redirectOutput(dir.resolve("qemu-io.log").toFile());
             final Process writer = qemu.start();
             Thread.sleep(1_000);

@@ -68,6 +68,15 @@ final class ServerProcess implements AutoCloseable {
         return start(dataDir, log, freePort(), freePort());
     }
 
+    /** Starts {@code nbdtail serve} with a configuration file ({@code null}: none). */
+    static ServerProcess start(final Path dataDir, final Path log, final Path config) throws Exception {
+        if (config == null) {
+            return start(dataDir, log);
+        }
+        return start(dataDir, log, freePort(), freePort(), List.of("--config", config.toString()),
+            new String[0]);
+    }
+
     /** Starts {@code nbdtail serve} with extra JVM options (such as a test fault point). */
     static ServerProcess start(final Path dataDir, final Path log, final List<String> jvmOptions) throws Exception {
         return start(dataDir, log, freePort(), freePort(), jvmOptions.toArray(String[]::new));
@@ -79,9 +88,15 @@ final class ServerProcess implements AutoCloseable {
      */
     static ServerProcess start(final Path dataDir, final Path log, final int port, final int apiPort,
                                final String... jvmFlags) throws Exception {
+        return start(dataDir, log, port, apiPort, List.of(), jvmFlags);
+    }
+
+    private static ServerProcess start(final Path dataDir, final Path log, final int port, final int apiPort,
+                                       final List<String> serveOptions, final String[] jvmFlags) throws Exception {
         final List<String> cmd = java(jvmFlags);
         cmd.addAll(List.of("serve", "--data-dir", dataDir.toString(), "--listen", "127.0.0.1:" + port,
             "--api-listen", "127.0.0.1:" + apiPort));
+        cmd.addAll(serveOptions);
         final Process p = new ProcessBuilder(cmd).redirectErrorStream(true)
             .redirectOutput(ProcessBuilder.Redirect.appendTo(log.toFile())).start();
         final ServerProcess server = new ServerProcess(p, log, port, apiPort);

@@ -116,10 +116,11 @@ class MirrorCommandTest {
         api.on("DELETE", "/v1/volumes/vm1/mirror", 200, status("aborted", 0, null));
         api.on("POST", "/v1/volumes/vm1/mirror/resolve", 200, "{\"name\": \"vm1\", \"state\": \"moved\"}");
         assertThat(online("mirror", "receive", "vm1", "--size", "1G", "--secret-file", secretFile.toString(),
-            "--source", "10.0.0.5").exitCode()).isZero();
+            "--source", "10.0.0.5", "--source-identity", "dn:CN=tail-3,O=Storage").exitCode()).isZero();
         final JsonNode receive = JSON.readTree(api.last("POST", "/v1/volumes/vm1/receive").body());
         assertThat(receive.path("size").asLong()).isEqualTo(1L << 30);
         assertThat(receive.path("source").asText()).isEqualTo("10.0.0.5");
+        assertThat(receive.path("sourceIdentity").asText()).isEqualTo("dn:CN=tail-3,O=Storage");
         assertThat(online("mirror", "rate", "vm1", "0").out()).contains("rate limit off");
         assertThat(online("mirror", "abort", "vm1").out()).contains("aborted");
         assertThat(online("mirror", "resolve", "vm1", "moved").out()).contains("vm1: moved");

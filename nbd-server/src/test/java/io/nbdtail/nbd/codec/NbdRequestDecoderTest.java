@@ -499,9 +499,9 @@ class NbdRequestDecoderTest {
         final BufferBudget budget = new BufferBudget(1 << 20);
         final ExceptionCatcher firstCatcher = new ExceptionCatcher();
         final ExceptionCatcher secondCatcher = new ExceptionCatcher();
-        final EmbeddedChannel first = new EmbeddedChannel(new NbdRequestDecoder(MAX_PAYLOAD, MAX_DISCARD, budget),
+        final EmbeddedChannel first = new EmbeddedChannel(new NbdRequestDecoder(MAX_PAYLOAD, MAX_DISCARD, budget, true),
             firstCatcher);
-        final EmbeddedChannel second = new EmbeddedChannel(new NbdRequestDecoder(MAX_PAYLOAD, MAX_DISCARD, budget),
+        final EmbeddedChannel second = new EmbeddedChannel(new NbdRequestDecoder(MAX_PAYLOAD, MAX_DISCARD, budget, true),
             secondCatcher);
         try {
             final byte[] a = pattern(600 << 10, 1);
@@ -549,7 +549,7 @@ class NbdRequestDecoderTest {
     void everyPayloadIsCountedUntilReleasedAndAClosedConnectionGivesBackWhatItHeld() {
         final BufferBudget budget = new BufferBudget(64 << 20);
         final ExceptionCatcher c = new ExceptionCatcher();
-        final EmbeddedChannel ch = new EmbeddedChannel(new NbdRequestDecoder(MAX_PAYLOAD, MAX_DISCARD, budget), c);
+        final EmbeddedChannel ch = new EmbeddedChannel(new NbdRequestDecoder(MAX_PAYLOAD, MAX_DISCARD, budget, true), c);
         // In one buffer with its header: a slice of the input, counted all the same.
         ch.writeInbound(Unpooled.wrappedBuffer(WRITE_REQUEST));
         assertThat(budget.used()).isEqualTo(16);
@@ -567,7 +567,7 @@ class NbdRequestDecoderTest {
         final BufferBudget budget = new BufferBudget(1 << 20);
         budget.reserve(1 << 20);
         final ExceptionCatcher c = new ExceptionCatcher();
-        final EmbeddedChannel ch = new EmbeddedChannel(new NbdRequestDecoder(MAX_PAYLOAD, MAX_DISCARD, budget), c);
+        final EmbeddedChannel ch = new EmbeddedChannel(new NbdRequestDecoder(MAX_PAYLOAD, MAX_DISCARD, budget, true), c);
         ch.writeInbound(Unpooled.wrappedBuffer(concat(header(0, 1, 4, 0, 4096), new byte[10])));
         assertThat(ch.pipeline().get(NbdRequestDecoder.class).awaitingBuffer()).isTrue();
         ch.finishAndReleaseAll();

@@ -1066,13 +1066,8 @@ public final class LayeredDevice implements LayeredBlockDevice {
                       final int maxExtents) throws IOException {
         final long stamp = gate.readLock();
         try {
-            final Manifest m = manifest;
-            final Manifest.LayerRecord record = snapshot == null ? (m == null ? null : m.active())
-                : requireManifest(snapshot).snapshot(snapshot);
-            if (snapshot != null && record == null) {
-                throw noSuchSnapshot(snapshot);
-            }
-            final Layer layer = record == null ? live.layers[live.top] : layers.get(record.id());
+            final Manifest.LayerRecord record = recordOf(snapshot);
+            final Layer layer = layerOf(record);
             if (layer.isBase()) {
                 return layer.data().allocation(offset, length, (len, flags) -> sink.extent(len,
                     (flags & ExtentSink.HOLE) != 0 ? ExtentSink.HOLE | ExtentSink.ZERO : flags), maxExtents);
@@ -1100,18 +1095,30 @@ public final class LayeredDevice implements LayeredBlockDevice {
      * zeros, or {@code null} for the base file, which has no cluster map.
      */
     public long[] heldClusters(final String snapshot) throws IOException {
-        final Manifest m = manifest;
-        final Manifest.LayerRecord record = snapshot == null ? (m == null ? null : m.active())
-            : requireManifest(snapshot).snapshot(snapshot);
-        if (snapshot != null && record == null) {
-            throw noSuchSnapshot(snapshot);
-        }
-        final Layer layer = record == null ? live.layers[live.top] : layers.get(record.id());
+        final Layer layer = layerOf(recordOf(snapshot));
         return layer.isBase() ? null : new long[] {layer.map().count(ClusterMap.DATA),
             layer.map().count(ClusterMap.ZERO)};
     }
 
     // ------------------------------------------------------------------------------------------------ helpers
+
+    /** The record of snapshot {@code snapshot}, or of the active layer for {@code null} (none without snapshots). */
+    private Manifest.LayerRecord recordOf(final String snapshot) throws SnapshotException {
+        if (snapshot == null) {
+            final Manifest m = manifest;
+            return m == null ? null : m.active();
+        }
+        final Manifest.LayerRecord record = requireManifest(snapshot).snapshot(snapshot);
+        if (record == null) {
+            throw noSuchSnapshot(snapshot);
+        }
+        return record;
+    }
+
+    /** The open layer of {@code record}; the top of the live chain for {@code null}. */
+    private Layer layerOf(final Manifest.LayerRecord record) {
+        return record == null ? live.layers[live.top] : layers.get(record.id());
+    }
 
     private Manifest requireManifest(final String name) throws SnapshotException {
         final Manifest m = manifest;

@@ -35,10 +35,17 @@ public final class StallWatchdog implements AutoCloseable {
 
     /** @param thresholdMillis a wake-up later than this counts as a stall. */
     public StallWatchdog(final long thresholdMillis) {
+        this(thresholdMillis, true);
+    }
+
+    /** @param start {@code false} for tests that feed {@link #checkHeap} themselves. */
+    StallWatchdog(final long thresholdMillis, final boolean start) {
         this.thresholdMillis = thresholdMillis;
         this.thread = Thread.ofPlatform().daemon().name("nbdtail-stall-watchdog").unstarted(this::run);
         thread.setPriority(Thread.MAX_PRIORITY);
-        thread.start();
+        if (start) {
+            thread.start();
+        }
     }
 
     private void run() {
@@ -66,7 +73,8 @@ public final class StallWatchdog implements AutoCloseable {
         }
     }
 
-    private void checkHeap(final MemoryUsage heap) {
+    /** One look at the heap; the watchdog's thread calls it every tick. */
+    void checkHeap(final MemoryUsage heap) {
         if (heap.getMax() <= 0) {
             return;
         }

@@ -1,6 +1,12 @@
 package io.nbdtail.server;
 
+import com.fasterxml.jackson.annotation.JsonCreator;
+
 import java.time.Instant;
+import java.time.format.DateTimeParseException;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
 
 /**
  * Who owns a volume, as stored in its {@code mirror.json} (see {@code docs/mirroring.md}). A volume without the
@@ -28,6 +34,12 @@ import java.time.Instant;
 public record Ownership(String state, long epoch, String peer, String session, String cancelledSession,
                         String tokenSha256, String originId, boolean written, String serviceAddress,
                         String sourceIdentity, Instant changed) {
+    /** Fields that a record written by an older version may lack; they read as {@code null}. */
+    private static final Set<String> ADDED_LATER = Set.of("sourceIdentity");
+    /** In declaration order, so that the first missing one is named. */
+    private static final List<String> FIELDS = List.of("state", "epoch", "peer", "session", "cancelledSession",
+        "tokenSha256", "originId", "written", "serviceAddress", "sourceIdentity", "changed");
+
     public static final String SERVING = "serving";
     public static final String RECEIVING = "receiving";
     public static final String HANDING_OVER = "handing-over";
@@ -58,5 +70,37 @@ public record Ownership(String state, long epoch, String peer, String session, S
 
     public boolean served() {
         return state.equals(SERVING);
+    }
+
+    /**
+     * Reads {@code mirror.json} as strictly as the other records (an unknown field, a missing one or a wrong type
+     * is a damaged file), except that a field added after the record first shipped may be absent, so that a tail
+     * upgraded in place still reads what it wrote before.
+     */
+    @JsonCreator(mode = JsonCreator.Mode.DELEGATING)
+    static Ownership fromJson(final Map<String, Object> json) {
+        for (final String key : json.keySet()) {
+            if (!FIELDS.contains(key)) {
+                throw new IllegalArgumentException("unknown field '" + key + "'");
+            }
+        }
+        for (final String key : FIELDS) {
+            if (!json.containsKey(key) && !ADDED_LATER.contains(key)) {
+                throw new IllegalArgumentException("missing field '" + key + "'");
+            }
+        }
+        if (!(json.get("state") instanceof String)) {
+            throw new IllegalArgumentException("'state' must be a string");
+        }
+        try {
+            final Object changed = json.get("changed");
+            return new Ownership((String) json.get("state"), ((Number) json.get("epoch")).longValue(),
+                (String) json.get("peer"), (String) json.get("session"), (String) json.get("cancelledSession"),
+                (String) json.get("tokenSha256"), (String) json.get("originId"), (Boolean) json.get("written"),
+                (String) json.get("serviceAddress"), (String) json.get("sourceIdentity"),
+                changed == null ? null : Instant.parse((String) changed));
+        } catch (final ClassCastException | NullPointerException | DateTimeParseException e) {
+            throw new IllegalArgumentException("a field has the wrong type or is null: " + e.getMessage(), e);
+        }
     }
 }

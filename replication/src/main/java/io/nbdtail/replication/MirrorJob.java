@@ -3,6 +3,7 @@ package io.nbdtail.replication;
 import io.nbdtail.layer.LayeredDevice;
 import io.nbdtail.storage.BlockDevice;
 import io.nbdtail.storage.ExtentSink;
+import io.nbdtail.storage.FaultPoints;
 import io.nbdtail.storage.StorageException;
 import io.nbdtail.volume.Volume;
 import org.slf4j.Logger;

@@ -1,5 +1,6 @@
 package io.nbdtail.layer;
 
+import io.nbdtail.storage.FaultPoints;
 import io.nbdtail.storage.StorageException;
 import io.nbdtail.storage.StorageIo;
 

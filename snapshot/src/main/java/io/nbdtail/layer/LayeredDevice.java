@@ -2,6 +2,7 @@ package io.nbdtail.layer;
 
 import io.nbdtail.storage.BlockDevice;
 import io.nbdtail.storage.ExtentSink;
+import io.nbdtail.storage.FaultPoints;
 import io.nbdtail.storage.FileBlockDevice;
 import io.nbdtail.storage.StorageException;
 import io.nbdtail.storage.StorageIo;

@@ -113,7 +113,8 @@ class CrashIT {
             final String name = point.substring(0, point.indexOf(':'));
             final ServerProcess server;
             try {
-                server = ServerProcess.start(data(), log, List.of("-Dnbdtail.test.crash-at=" + point));
+                server = ServerProcess.start(data(), log, List.of("-Dnbdtail.test.faults=" + name + "=halt:"
+                    + point.substring(point.indexOf(':') + 1)));
             } catch (final AssertionError e) {
                 // Reached while opening the volumes: finishing the delete an earlier crash interrupted.
                 assertThat(Files.readString(log)).as(e.getMessage()).contains("crash point " + name);

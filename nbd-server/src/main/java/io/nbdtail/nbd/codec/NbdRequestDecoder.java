@@ -126,6 +126,11 @@ public final class NbdRequestDecoder extends ByteToMessageDecoder {
             || (state == State.READ_HEADER && actualReadableBytes() > 0);
     }
 
+    /** Whether a WRITE payload's buffer is allocated (and counted in the budget) and still being filled. */
+    public boolean gatheringPayload() {
+        return state == State.READ_PAYLOAD;
+    }
+
     /** Whether a payload waits for room in the budget; the channel must not read meanwhile. */
     public boolean awaitingBuffer() {
         return state == State.AWAIT_BUFFER;

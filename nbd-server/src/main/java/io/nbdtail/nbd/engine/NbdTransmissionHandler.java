@@ -180,6 +180,7 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
     @Override
     public void handlerAdded(final ChannelHandlerContext ctx) {
         this.ctx = ctx;
+        this.decoder = ctx.pipeline().get(NbdRequestDecoder.class);
         this.id = export.register(this);
         stats.onConnectionOpened();
         // The handshake checked the export and the access list a moment ago; both can have changed since (a
@@ -208,7 +209,6 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
         if (timeout == 0) {
             return;
         }
-        decoder = ctx.pipeline().get(NbdRequestDecoder.class);
         final long period = Math.max(250, timeout / 4);
         timer = ctx.executor().scheduleAtFixedRate(this::checkTimeouts, period, period, TimeUnit.MILLISECONDS);
     }
@@ -413,7 +413,31 @@ public final class NbdTransmissionHandler extends ChannelInboundHandlerAdapter {
                 }
             }
         }
-        return op.command() != NbdCommand.READ || buffers.reserveOrWait(op.weight, buffersFreed);
+        if (op.command() != NbdCommand.READ || buffers.reserveOrWait(op.weight, buffersFreed)) {
+            return true;
+        }
+        if (inFlight == 0 && holdsBuffers()) {
+            // Bytes this connection holds itself (WRITE payloads queued behind this READ, or one being read in)
+            // would wait for this READ, which would wait for them: take its bytes anyway. The budget is exceeded
+            // by one request, and only by a connection that has nothing in flight.
+            buffers.forget(buffersFreed);
+            buffers.reserve(op.weight);
+            return true;
+        }
+        return false;
+    }
+
+    /** Whether this connection holds budget bytes that only its own progress can release. */
+    private boolean holdsBuffers() {
+        if (decoder != null && decoder.gatheringPayload()) {
+            return true;
+        }
+        for (final NbdOperation queued : waiting) {
+            if (queued.request().payload() != null) {
+                return true;
+            }
+        }
+        return false;
     }
 
     private void dispatch(final NbdOperation op) {

@@ -13,12 +13,12 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.time.Instant;
 import java.util.ArrayList;
-import java.util.HashSet;
 import java.util.List;
 import java.util.Set;
 import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionException;
+import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
@@ -93,7 +93,7 @@ public final class MirrorJob {
     /** What is being copied now: {@link #live}, or one frozen snapshot layer. */
     private volatile Source source;
     /** Snapshots the destination has sealed for this session. */
-    private final Set<String> sealed = new HashSet<>();
+    private final Set<String> sealed = ConcurrentHashMap.newKeySet();
     /** Whether the destination's active layer is this session's copy of the live disc (snapshots only). */
     private boolean topStarted;
     /** Whether the destination had never been written when this session first reached it. */
@@ -241,7 +241,8 @@ public final class MirrorJob {
     public MirrorStatus status() {
         final long rate = meter.rate();
         final long dirtyBytes = finished != null && state.equals("moved") ? 0 : dirty.dirtyBytes();
-        return new MirrorStatus(session.volume(), destination, state, pass, session.size(), bytesCopied.get(),
+        return new MirrorStatus(session.volume(), destination, state, pass, session.size(),
+            session.snapshots().size(), sealed.size(), bytesCopied.get(),
             dirtyBytes, rate, rate > 0 ? dirtyBytes / rate : -1, limiter.limit(), attempts, lastError, convergence,
             freezeMillis, session.epoch(), started, finished);
     }

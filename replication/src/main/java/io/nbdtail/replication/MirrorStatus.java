@@ -10,6 +10,8 @@ import java.time.Instant;
  *                     {@code aborted}.
  * @param pass         copy passes started (the first copies everything).
  * @param bytesTotal   the volume's size.
+ * @param snapshots    snapshots the mirror moves (their layers go first, one after the other).
+ * @param snapshotsSealed of those, the ones the destination holds complete.
  * @param bytesCopied  bytes written or zeroed at the destination, all passes and attempts.
  * @param bytesDirty   bytes still to copy.
  * @param rate         bytes per second over the last seconds.
@@ -18,7 +20,7 @@ import java.time.Instant;
  * @param freezeMillis how long guest writes were held at the last cutover attempt; -1 before one.
  */
 public record MirrorStatus(String volume, String destination, String state, int pass, long bytesTotal,
-                           long bytesCopied, long bytesDirty, long rate, long etaSeconds, long rateLimit,
+                           int snapshots, int snapshotsSealed, long bytesCopied, long bytesDirty, long rate, long etaSeconds, long rateLimit,
                            int attempts, String lastError, String convergence, long freezeMillis, long epoch,
                            Instant started, Instant finished) {
     public boolean done() {

@@ -353,8 +353,12 @@ class MirrorJobTest {
         assertThat(plan.snapshots().get(1).zeroClusters()).isEqualTo(16);
         assertThat(plan.topParent()).isEqualTo("s3");
         final MirrorJob job = layeredJob(fast());
+        assertThat(job.status().snapshots()).isEqualTo(4);
+        assertThat(job.status().snapshotsSealed()).isZero();
         job.start();
-        assertThat(job.done().get(30, TimeUnit.SECONDS).state()).isEqualTo("moved");
+        final MirrorStatus done = job.done().get(30, TimeUnit.SECONDS);
+        assertThat(done.state()).isEqualTo("moved");
+        assertThat(done.snapshotsSealed()).as("the status counts the sealed snapshots").isEqualTo(4);
         assertSameTree();
         assertThat(target.layerEvents).containsExactly("layer null", "seal s0", "layer s0", "seal s1", "layer s1",
             "seal s2", "layer s1", "seal s3", "layer s3");

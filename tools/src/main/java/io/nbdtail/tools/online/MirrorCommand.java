@@ -361,6 +361,10 @@ public final class MirrorCommand {
     private static String details(final JsonNode s) {
         final StringBuilder text = new StringBuilder(s.path("state").asText());
         text.append(" pass ").append(s.path("pass").asInt());
+        if (s.path("snapshots").asInt() > 0) {
+            text.append(", snapshots ").append(s.path("snapshotsSealed").asInt()).append('/')
+                .append(s.path("snapshots").asInt());
+        }
         text.append(", ").append(Sizes.format(s.path("bytesCopied").asLong())).append(" copied");
         text.append(", ").append(Sizes.format(s.path("bytesDirty").asLong())).append(" dirty");
         text.append(", ").append(Sizes.format(s.path("rate").asLong())).append("/s");

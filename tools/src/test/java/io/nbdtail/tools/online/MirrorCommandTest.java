@@ -127,4 +127,14 @@ class MirrorCommandTest {
         assertThat(JSON.readTree(api.last("POST", "/v1/volumes/vm1/mirror/resolve").body()).path("outcome")
             .asText()).isEqualTo("moved");
     }
+
+    @Test
+    void shouldShowHowManySnapshotLayersHaveArrived() throws Exception {
+        final JsonNode status = JSON.readTree("{\"volume\":\"vm1\",\"state\":\"copying\",\"pass\":0,"
+            + "\"snapshots\":4,\"snapshotsSealed\":2,\"bytesCopied\":0,\"bytesDirty\":0,\"rate\":0,"
+            + "\"attempts\":0,\"convergence\":\"normal\",\"freezeMillis\":-1}");
+        assertThat(MirrorCommand.line(status)).contains("snapshots 2/4");
+        assertThat(MirrorCommand.line(JSON.readTree("{\"volume\":\"vm1\",\"state\":\"copying\",\"snapshots\":0}")))
+            .doesNotContain("snapshots");
+    }
 }

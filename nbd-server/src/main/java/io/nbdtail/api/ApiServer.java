@@ -581,20 +581,11 @@ public final class ApiServer implements AutoCloseable {
     private record Grow(Long size) {
     }
 
-    /**
-     * Refuses a change to a volume this tail holds but does not serve (receiving a mirror, handing over, moved
-     * away: reliability.md A4); it can be read about and deleted, nothing else.
-     */
-    private void requireServed(final String name) throws VolumeException {
-        tail.volumes().served(name);
-    }
-
     private Reply growVolume(final Request request) throws Exception {
         final Grow body = parse(request, Grow.class, true);
         if (body.size() == null || body.size() <= 0) {
             throw new ApiException(422, "invalid_size", "give the new size in bytes as 'size'");
         }
-        requireServed(request.param(1));
         return Reply.json(200, volume(tail.volumes().grow(request.param(1), body.size())));
     }
 
@@ -615,7 +606,6 @@ public final class ApiServer implements AutoCloseable {
 
     private Reply setAcl(final Request request) throws Exception {
         final SetAcl body = parse(request, SetAcl.class, true);
-        requireServed(request.param(1));
         return Reply.json(200, acl(tail.volumes().setAccessList(request.param(1), body.allow())));
     }
 
@@ -679,7 +669,6 @@ public final class ApiServer implements AutoCloseable {
         if (body.name() == null) {
             throw new ApiException(422, "invalid_name", "the field 'name' is required");
         }
-        requireServed(request.param(1));
         return Reply.json(201, snapshotJson(request.param(1), tail.volumes().createSnapshot(request.param(1),
             body.name())));
     }
@@ -688,7 +677,6 @@ public final class ApiServer implements AutoCloseable {
     private Reply deleteSnapshot(final Request request) throws Exception {
         final String volume = request.param(1);
         final String snapshot = request.param(2);
-        requireServed(volume);
         tail.volumes().requireSnapshot(volume, snapshot);
         final Operation op = tail.operations().startExclusive("delete-snapshot", volume, 0,
             (operation, progress) -> tail.volumes().deleteSnapshot(volume, snapshot));
@@ -700,7 +688,6 @@ public final class ApiServer implements AutoCloseable {
     }
 
     private Reply rollback(final Request request) throws Exception {
-        requireServed(request.param(1));
         tail.volumes().rollback(request.param(1), request.param(2));
         return Reply.json(200, volume(tail.volumes().export(request.param(1))));
     }
@@ -710,7 +697,6 @@ public final class ApiServer implements AutoCloseable {
         if (body.name() == null) {
             throw new ApiException(422, "invalid_name", "the field 'name' (the new volume's name) is required");
         }
-        requireServed(request.param(1));
         return Reply.json(201, volume(tail.volumes().cloneVolume(request.param(1), request.param(2), body.name())));
     }
 
@@ -739,7 +725,7 @@ public final class ApiServer implements AutoCloseable {
 
     private Reply setAddress(final Request request) throws Exception {
         final Address body = parse(request, Address.class, true);
-        requireServed(request.param(1));
+        tail.volumes().served(request.param(1));
         tail.addresses().set(request.param(1), body.address());
         final ObjectNode node = json.createObjectNode();
         node.put("address", body.address());

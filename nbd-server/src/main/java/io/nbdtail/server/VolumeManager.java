@@ -175,7 +175,7 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
      */
     public Export setAccessList(final String name, final List<String> allow) throws VolumeException {
         synchronized (lock(name)) {
-            final Export export = export(name);
+            final Export export = served(name);
             final AccessList list = allow == null ? null : AccessList.parse(allow);
             volumes.writeAcl(name, list == null ? null : list.entries());
             export.accessList(list);
@@ -361,7 +361,7 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
      */
     public LayeredDevice.SnapshotInfo createSnapshot(final String name, final String snapshot) throws VolumeException {
         checkSnapshotName(snapshot);
-        final Export export = export(name);
+        final Export export = served(name);
         refuseWhileMirrored(export, "take a snapshot of");
         final LayeredDevice layers = layers(export);
         try {
@@ -380,7 +380,7 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
      */
     public void requireSnapshot(final String name, final String snapshot) throws VolumeException {
         find(snapshots(name), snapshot);
-        refuseWhileMirrored(export(name), "delete snapshot '" + snapshot + "' of");
+        refuseWhileMirrored(served(name), "delete snapshot '" + snapshot + "' of");
     }
 
     /**
@@ -388,7 +388,7 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
      * while the volume stays online. Can take as long as copying the data only that snapshot holds.
      */
     public void deleteSnapshot(final String name, final String snapshot) throws VolumeException {
-        final Export export = export(name);
+        final Export export = served(name);
         refuseWhileMirrored(export, "delete snapshot '" + snapshot + "' of");
         final LayeredDevice layers = layers(export);
         closeSnapshotExport(name + "@" + snapshot);
@@ -407,7 +407,7 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
      */
     public void rollback(final String name, final String snapshot) throws VolumeException {
         synchronized (lock(name)) {
-            final Export export = export(name);
+            final Export export = served(name);
             refuseWhileMirrored(export, "roll back");
             final int clients = export.connections().size();
             if (clients > 0) {
@@ -429,7 +429,7 @@ public final class VolumeManager implements ExportRegistry, AutoCloseable {
     public Export cloneVolume(final String name, final String snapshot, final String newName) throws VolumeException {
         VolumeService.checkName(newName);
         synchronized (lock(newName)) {
-            volumes.cloneVolume(export(name).volume(), snapshot, newName);
+            volumes.cloneVolume(served(name).volume(), snapshot, newName);
             return open(newName);
         }
     }
